@@ -1,0 +1,74 @@
+"""Settings from the environment: the seed's variable names, plus ORCHESTRATOR_* for the engine itself."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Worker and CLI configuration. Secret values are SecretStr so they never print by accident."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    # The seed's variables (contract).
+    redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
+    domain: str = Field(default="kanban.localhost", validation_alias="DOMAIN")
+    portal_api_url: str = Field(default="https://kanban.localhost/api", validation_alias="PORTAL_API_URL")
+    docker_host: str = Field(default="unix:///var/run/docker.sock", validation_alias="DOCKER_HOST")
+    github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")
+    github_org: str | None = Field(default=None, validation_alias="GITHUB_ORG")
+    azure_client_id: str | None = Field(default=None, validation_alias="AZURE_CLIENT_ID")
+    azure_client_secret: SecretStr | None = Field(default=None, validation_alias="AZURE_CLIENT_SECRET")
+    azure_tenant_id: str | None = Field(default=None, validation_alias="AZURE_TENANT_ID")
+
+    # The engine's own.
+    data_dir: Path = Field(default=Path("/var/lib/orchestrator"), validation_alias="ORCHESTRATOR_DATA_DIR")
+    state_dir: Path = Field(default=Path.home() / ".cache" / "orchestrator", validation_alias="ORCHESTRATOR_STATE_DIR")
+    playbook_dir: Path = Field(default=PROJECT_ROOT / "playbooks", validation_alias="ORCHESTRATOR_PLAYBOOK_DIR")
+    project_dir: Path = Field(default=PROJECT_ROOT, validation_alias="ORCHESTRATOR_PROJECT_DIR")
+    concurrency: int = Field(default=4, ge=1, le=256, validation_alias="ORCHESTRATOR_CONCURRENCY")
+    heartbeat_interval: float = Field(default=2.0, gt=0, validation_alias="ORCHESTRATOR_HEARTBEAT_INTERVAL")
+    lease_ttl: float = Field(default=10.0, gt=0, validation_alias="ORCHESTRATOR_LEASE_TTL")
+    reap_interval: float = Field(default=2.0, gt=0, validation_alias="ORCHESTRATOR_REAP_INTERVAL")
+    poll_interval: float = Field(default=1.0, gt=0, validation_alias="ORCHESTRATOR_POLL_INTERVAL")
+    grace_period: float = Field(default=60.0, ge=0, validation_alias="ORCHESTRATOR_GRACE_PERIOD")
+    kill_grace: float = Field(default=2.0, ge=0, validation_alias="ORCHESTRATOR_KILL_GRACE")
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, validation_alias="ORCHESTRATOR_MAX_BODY_BYTES")
+    max_recoveries: int = Field(default=2, ge=0, validation_alias="ORCHESTRATOR_MAX_RECOVERIES")
+    retry_attempts: int = Field(default=3, ge=1, validation_alias="ORCHESTRATOR_RETRY_ATTEMPTS")
+    retry_min_wait: float = Field(default=4.0, ge=0, validation_alias="ORCHESTRATOR_RETRY_MIN_WAIT")
+    retry_max_wait: float = Field(default=60.0, ge=0, validation_alias="ORCHESTRATOR_RETRY_MAX_WAIT")
+    retention_seconds: int = Field(default=7 * 24 * 3600, ge=60, validation_alias="ORCHESTRATOR_RETENTION")
+    stream_maxlen: int = Field(default=100_000, ge=100, validation_alias="ORCHESTRATOR_STREAM_MAXLEN")
+    task_stream_maxlen: int = Field(default=10_000, ge=100, validation_alias="ORCHESTRATOR_TASK_STREAM_MAXLEN")
+    timeouts: dict[str, float] = Field(default_factory=dict, validation_alias="ORCHESTRATOR_TIMEOUTS")
+    log_level: str = Field(default="INFO", validation_alias="ORCHESTRATOR_LOG_LEVEL")
+
+    @field_validator("timeouts", mode="before")
+    @classmethod
+    def _parse_timeouts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @cached_property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret, for redaction of anything that leaves the process."""
+        values = (self.github_token, self.azure_client_secret)
+        return tuple(v.get_secret_value() for v in values if v is not None and v.get_secret_value())
+
+    def playbook_env(self) -> dict[str, str]:
+        """The environment a playbook run gets on top of the worker's own (never secrets)."""
+        return {
+            "ANSIBLE_CONFIG": str(self.project_dir / "ansible.cfg"),
+            "ORCHESTRATOR_DATA_DIR": str(self.data_dir),
+            "DOMAIN": self.domain,
+            "PORTAL_API_URL": self.portal_api_url,
+        }

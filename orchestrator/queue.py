@@ -1,0 +1,247 @@
+"""The reliable queue: taking tasks, leases, per-resource lines, recovery of dead workers' tasks.
+
+Taking is one Lua script that pops the right end of the high queue, else the normal one, and pushes
+the raw body onto this worker's processing list in the same step: a kill -9 at any moment leaves the
+task either queued or held. A worker's lease is its heartbeat key (TTL); any worker that finds a
+registered worker without a heartbeat moves that worker's held tasks to itself, one atomic LMOVE at a
+time, and then re-queues or fails each one.
+
+Workers wake on keyspace notifications for the two queue keys (no polling while idle), with a slow
+poll as a safety net for a missed notification, and a fast poll when the server refuses CONFIG SET.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from orchestrator import constants as k
+
+log = logging.getLogger(__name__)
+
+DEADLETTER_MAX = 10_000
+PRIORITY_PREFIX = {k.QUEUE_HIGH: b"h|", k.QUEUE_NORMAL: b"n|"}
+PREFIX_QUEUE = {b"h": k.QUEUE_HIGH, b"n": k.QUEUE_NORMAL}
+
+TAKE_SCRIPT = """
+-- KEYS: 1 high, 2 normal, 3 processing. Returns the held entry ('h|' or 'n|' + raw body) or nil.
+local body = redis.call('RPOP', KEYS[1])
+local prefix = 'h|'
+if not body then
+  body = redis.call('RPOP', KEYS[2])
+  prefix = 'n|'
+end
+if not body then
+  return nil
+end
+local entry = prefix .. body
+redis.call('LPUSH', KEYS[3], entry)
+return entry
+"""
+
+CLAIM_SCRIPT = """
+-- KEYS: 1 task hash, 2 line. ARGV: 1 worker id, 2 task id, 3 fields (json)
+-- Returns {1, cancel flag} when claimed, {0, holder, status} when the id was already taken.
+if redis.call('HSETNX', KEYS[1], 'worker', ARGV[1]) == 0 then
+  return {0, redis.call('HGET', KEYS[1], 'worker') or '', redis.call('HGET', KEYS[1], 'status') or ''}
+end
+local fields = cjson.decode(ARGV[3])
+local flat = {}
+for name, value in pairs(fields) do
+  flat[#flat + 1] = name
+  flat[#flat + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(flat))
+-- A re-queued task keeps its place in its resource's line, so later tasks of that resource wait for it.
+if KEYS[2] ~= '' and not redis.call('LPOS', KEYS[2], ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+end
+return {1, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
+"""
+
+REQUEUE_SCRIPT = """
+-- KEYS: 1 processing, 2 queue, 3 task hash (or ''). ARGV: 1 held entry, 2 raw body
+-- Puts a held task back at the front of its queue (it is taken next) and releases its claim. It keeps
+-- its place in its resource's line.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+if KEYS[3] ~= '' then
+  if redis.call('HGET', KEYS[3], 'worker') then
+    redis.call('HDEL', KEYS[3], 'worker')
+  end
+  redis.call('HSET', KEYS[3], 'status', 'queued')
+end
+return 1
+"""
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A raw task this worker holds: the processing-list entry and what it came from."""
+
+    entry: bytes
+    queue: str
+
+    @property
+    def body(self) -> bytes:
+        return self.entry[2:]
+
+    @property
+    def priority(self) -> str:
+        return "high" if self.queue == k.QUEUE_HIGH else "normal"
+
+    @classmethod
+    def from_entry(cls, entry: bytes | str) -> Held:
+        raw = entry.encode("utf-8", "surrogateescape") if isinstance(entry, str) else entry
+        return cls(raw, PREFIX_QUEUE.get(raw[:1], k.QUEUE_NORMAL))
+
+
+@dataclass(frozen=True)
+class Claim:
+    claimed: bool
+    cancel_requested: bool = False
+    holder: str = ""
+    status: str = ""
+
+
+class TaskQueue:
+    """One worker's view of the queues."""
+
+    def __init__(self, redis: Redis, *, worker_id: str, lease_ttl: float):
+        self.redis = redis
+        self.worker_id = worker_id
+        self.processing = k.processing_key(worker_id)
+        self._lease_ms = int(lease_ttl * 1000)
+        self._take = redis.register_script(TAKE_SCRIPT)
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._requeue = redis.register_script(REQUEUE_SCRIPT)
+        self._info = "{}"
+
+    # -- lease --
+
+    async def register(self, info: dict[str, object]) -> None:
+        self._info = json.dumps({**info, "registered": time.time()})
+        await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Renew the lease; re-registers too, in case a reaper took us for dead during a stall."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(k.heartbeat_key(self.worker_id), str(time.time()), px=self._lease_ms)
+        pipe.hset(k.WORKERS_HASH, self.worker_id, self._info)
+        await pipe.execute()
+
+    async def unregister(self) -> None:
+        """Leave cleanly: only when nothing is held any more."""
+        if await self.redis.llen(self.processing) == 0:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(k.heartbeat_key(self.worker_id))
+            pipe.hdel(k.WORKERS_HASH, self.worker_id)
+            await pipe.execute()
+
+    # -- taking --
+
+    async def take(self) -> Held | None:
+        entry = await self._take(keys=[k.QUEUE_HIGH, k.QUEUE_NORMAL, self.processing])
+        return Held.from_entry(entry) if entry is not None else None
+
+    async def claim(self, task_id: str, lock_key: str | None, fields: dict[str, str]) -> Claim:
+        """Take ownership of the task id (once ever) and join its resource's line."""
+        result = await self._claim(
+            keys=[k.task_key(task_id), k.line_key(lock_key) if lock_key else ""],
+            args=[self.worker_id, task_id, json.dumps(fields)],
+        )
+        if int(result[0]) == 1:
+            return Claim(True, cancel_requested=bool(result[1]))
+        return Claim(False, holder=as_text(result[1]), status=as_text(result[2]))
+
+    async def is_head(self, lock_key: str, task_id: str) -> bool:
+        head = await self.redis.lindex(k.line_key(lock_key), 0)
+        return head is not None and as_text(head) == task_id
+
+    async def requeue(self, held: Held, *, task_id: str | None) -> bool:
+        result = await self._requeue(
+            keys=[self.processing, held.queue, k.task_key(task_id) if task_id else ""],
+            args=[held.entry, held.body],
+        )
+        return bool(result)
+
+    async def drop(self, held: Held, *, deadletter: str | None = None) -> bool:
+        """Stop holding a task without a final status (duplicates), optionally dead-lettering a record."""
+        pipe = self.redis.pipeline(transaction=True)
+        if deadletter is not None:
+            pipe.lpush(k.DEADLETTER_LIST, deadletter)
+            pipe.ltrim(k.DEADLETTER_LIST, 0, DEADLETTER_MAX - 1)
+        pipe.lrem(self.processing, 1, held.entry)  # type: ignore[arg-type]  # raw bodies are bytes
+        return bool((await pipe.execute())[-1])
+
+    async def held(self) -> list[Held]:
+        return [Held.from_entry(e) for e in await self.redis.lrange(self.processing, 0, -1)]
+
+    # -- recovery --
+
+    async def adopt_orphans(self) -> list[Held]:
+        """Move the held tasks of every worker whose lease expired onto this worker's list."""
+        if not await self.redis.set(k.REAPER_LOCK, self.worker_id, nx=True, px=self._lease_ms):
+            return []
+        adopted: list[Held] = []
+        try:
+            workers = await self.redis.hkeys(k.WORKERS_HASH)
+            for raw in workers:
+                other = as_text(raw)
+                if other == self.worker_id or await self.redis.exists(k.heartbeat_key(other)):
+                    continue
+                their_list = k.processing_key(other)
+                count = 0
+                while True:
+                    entry = await self.redis.lmove(their_list, self.processing, "RIGHT", "LEFT")
+                    if entry is None:
+                        break
+                    adopted.append(Held.from_entry(entry))
+                    count += 1
+                await self.redis.hdel(k.WORKERS_HASH, other)
+                log.warning("worker %s lost its lease; adopted %d of its tasks", other, count)
+        finally:
+            await self.redis.delete(k.REAPER_LOCK)
+        return adopted
+
+    # -- wake-ups --
+
+    async def enable_notifications(self) -> bool:
+        """Ask Redis for list keyspace events; False when the server refuses (then we poll)."""
+        try:
+            current = await self.redis.config_get("notify-keyspace-events")
+            flags = as_text(current.get("notify-keyspace-events", ""))
+            wanted = set(flags) | {"K", "l"}
+            if "A" in flags:
+                wanted.discard("l")
+            if wanted != set(flags):
+                await self.redis.config_set("notify-keyspace-events", "".join(sorted(wanted)))
+            return True
+        except ResponseError as exc:
+            log.warning("keyspace notifications unavailable (%s): polling the queues instead", exc)
+            return False
+
+
+def queue_notification_channels(db: int) -> list[str]:
+    return [f"__keyspace@{db}__:{q}" for q in k.QUEUES]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply (bytes, str or None) as text; raw bodies that are not UTF-8 never come through here."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,66 @@
+"""Task type -> how to run it: playbook, lock key, timeout, status verbs, default priority.
+
+The one table a newcomer reads to see what each task type does (seed "Task Routing").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.constants import ResourceStatus, TaskType
+from orchestrator.models import Task
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """How one task type runs."""
+
+    type: TaskType
+    priority: str  # the seed's table: which queue the Portal uses by default
+    timeout: float  # seconds for the whole run, rollback excluded
+    verb: str  # `type` of the status-channel message
+    success_status: ResourceStatus
+    rollback_on_failure: bool  # provisions undo what they created (seed "Cleanup on Failure")
+
+    @property
+    def resource_type(self) -> str:
+        return self.type.value.split(".", 1)[0]
+
+    def playbook(self, playbook_dir: Path) -> Path:
+        return playbook_dir / f"{self.type.value}.yml"
+
+    def lock_key(self, task: Task) -> str:
+        """Tasks with the same lock key run one at a time, in the order they were taken."""
+        return f"{self.resource_type}:{task.envelope.resource_id}"
+
+
+def _route(task_type: TaskType, priority: str, timeout: float, verb: str, status: ResourceStatus) -> Route:
+    return Route(
+        type=task_type,
+        priority=priority,
+        timeout=timeout,
+        verb=verb,
+        success_status=status,
+        rollback_on_failure=verb == "provision",
+    )
+
+
+ROUTES: dict[TaskType, Route] = {
+    r.type: r
+    for r in (
+        _route(TaskType.TEAM_PROVISION, "high", 900, "provision", ResourceStatus.ACTIVE),
+        _route(TaskType.TEAM_DELETE, "normal", 600, "delete", ResourceStatus.DELETED),
+        _route(TaskType.TEAM_RESTART, "high", 300, "restart", ResourceStatus.ACTIVE),
+        _route(TaskType.TEAM_SUSPEND, "normal", 300, "suspend", ResourceStatus.SUSPENDED),
+        _route(TaskType.WORKSPACE_PROVISION, "high", 1800, "provision", ResourceStatus.ACTIVE),
+        _route(TaskType.WORKSPACE_DELETE, "normal", 900, "delete", ResourceStatus.DELETED),
+        _route(TaskType.SANDBOX_PROVISION, "high", 1200, "provision", ResourceStatus.ACTIVE),
+        _route(TaskType.SANDBOX_DELETE, "normal", 600, "delete", ResourceStatus.DELETED),
+        _route(TaskType.SANDBOX_AGENT_RESTART, "high", 300, "restart", ResourceStatus.ACTIVE),
+    )
+}
+
+
+def route_for(task: Task) -> Route:
+    return ROUTES[task.type]
