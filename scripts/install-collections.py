@@ -19,24 +19,24 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "collections" / "requirements.yml"
 TARGET = ROOT / ".ansible" / "collections" / "ansible_collections"
 CACHE = ROOT / ".cache" / "wheels"
+# The PyPI wheel that carries every community collection; its version fixes theirs.
+SOURCE_WHEEL = "ansible==12.3.0"
 
 
 def read_requirements() -> tuple[str, dict[str, str]]:
-    """Parse the tiny requirements file without needing PyYAML in the bootstrap interpreter."""
-    wheel = ""
+    """Parse the requirements file (name/version pairs) without needing PyYAML in the bootstrap interpreter."""
+    wheel = SOURCE_WHEEL
     pins: dict[str, str] = {}
     name = ""
     for raw in REQUIREMENTS.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
-        if line.startswith("source_wheel:"):
-            wheel = line.split(":", 1)[1].strip()
-        elif line.startswith("- name:"):
+        if line.startswith("- name:"):
             name = line.split(":", 1)[1].strip()
         elif line.startswith("version:") and name:
             pins[name] = line.split(":", 1)[1].strip()
             name = ""
     if not wheel or not pins:
-        sys.exit(f"{REQUIREMENTS}: needs source_wheel and at least one collection")
+        sys.exit(f"{REQUIREMENTS}: lists no collection")
     return wheel, pins
 
 
