@@ -17,6 +17,7 @@ from orchestrator.constants import TaskType
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # Ids end up in Redis key names and file names: keep them to a safe alphabet.
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+USER_ID = r"^[^\s\x00-\x1f]{1,128}$"
 
 Slug = Annotated[
     str,
@@ -97,7 +98,7 @@ class Envelope(BaseModel):
 
     id: SafeId = Field(validation_alias="task_id", description="Task id (`task_id` accepted too).")
     type: TaskType
-    user_id: Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f]{1,128}$")]
+    user_id: Annotated[str, StringConstraints(pattern=USER_ID)]
     resource_id: SafeId
     payload: dict[str, Any]
     priority: Literal["high", "normal"] | None = Field(default=None, description="Informational only.")

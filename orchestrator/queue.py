@@ -32,7 +32,12 @@ PRIORITY_PREFIX = {k.QUEUE_HIGH: b"h|", k.QUEUE_NORMAL: b"n|"}
 PREFIX_QUEUE = {b"h": k.QUEUE_HIGH, b"n": k.QUEUE_NORMAL}
 
 TAKE_SCRIPT = """
--- KEYS: 1 high, 2 normal, 3 processing. Returns the held entry ('h|' or 'n|' + raw body) or nil.
+-- KEYS: 1 high, 2 normal, 3 processing. ARGV: 1 line key prefix.
+-- Pops the oldest task (high first) onto the processing list and, in the same step, puts its id at the
+-- end of its resource's line, so tasks of one resource run in the order they were taken, whichever
+-- worker takes them. Returns nil, or {entry ('h|' or 'n|' + body), line key or '', 1 if this take joined
+-- the line}. The line key is `<prefix><resource type>:<resource id>`, the resource type being the task
+-- type up to its first dot; orchestrator.queue.line_of computes the same in Python.
 local body = redis.call('RPOP', KEYS[1])
 local prefix = 'h|'
 if not body then
@@ -44,7 +49,20 @@ if not body then
 end
 local entry = prefix .. body
 redis.call('LPUSH', KEYS[3], entry)
-return entry
+local line, joined = '', 0
+local ok, task = pcall(cjson.decode, body)
+if ok and type(task) == 'table' and type(task['type']) == 'string' and type(task['resource_id']) == 'string' then
+  local id = task['id'] or task['task_id']
+  local kind = string.match(task['type'], '^([^.]+)%.')
+  if type(id) == 'string' and kind then
+    line = ARGV[1] .. kind .. ':' .. task['resource_id']
+    if not redis.call('LPOS', line, id) then
+      redis.call('RPUSH', line, id)
+      joined = 1
+    end
+  end
+end
+return {entry, line, joined}
 """
 
 CLAIM_SCRIPT = """
@@ -91,10 +109,12 @@ def new_worker_id() -> str:
 
 @dataclass(frozen=True)
 class Held:
-    """A raw task this worker holds: the processing-list entry and what it came from."""
+    """A raw task this worker holds: the processing-list entry, its queue, and the line it joined."""
 
     entry: bytes
     queue: str
+    line: str = ""  # the full line key, '' when the body could not be read at take time
+    joined_line: bool = False  # this take added the id to the line (not a re-take or a duplicate)
 
     @property
     def body(self) -> bytes:
@@ -105,9 +125,9 @@ class Held:
         return "high" if self.queue == k.QUEUE_HIGH else "normal"
 
     @classmethod
-    def from_entry(cls, entry: bytes | str) -> Held:
+    def from_entry(cls, entry: bytes | str, line: str = "", joined_line: bool = False) -> Held:
         raw = entry.encode("utf-8", "surrogateescape") if isinstance(entry, str) else entry
-        return cls(raw, PREFIX_QUEUE.get(raw[:1], k.QUEUE_NORMAL))
+        return cls(raw, PREFIX_QUEUE.get(raw[:1], k.QUEUE_NORMAL), line, joined_line)
 
 
 @dataclass(frozen=True)
@@ -155,21 +175,24 @@ class TaskQueue:
     # -- taking --
 
     async def take(self) -> Held | None:
-        entry = await self._take(keys=[k.QUEUE_HIGH, k.QUEUE_NORMAL, self.processing])
-        return Held.from_entry(entry) if entry is not None else None
+        reply = await self._take(keys=[k.QUEUE_HIGH, k.QUEUE_NORMAL, self.processing], args=[k.line_key("")])
+        if reply is None:
+            return None
+        entry, line, joined = reply
+        return Held.from_entry(entry, as_text(line), bool(int(joined)))
 
-    async def claim(self, task_id: str, lock_key: str | None, fields: dict[str, str]) -> Claim:
-        """Take ownership of the task id (once ever) and join its resource's line."""
+    async def claim(self, task_id: str, line: str, fields: dict[str, str]) -> Claim:
+        """Take ownership of the task id (once ever); join its resource's line if the take did not."""
         result = await self._claim(
-            keys=[k.task_key(task_id), k.line_key(lock_key) if lock_key else ""],
+            keys=[k.task_key(task_id), line],
             args=[self.worker_id, task_id, json.dumps(fields)],
         )
         if int(result[0]) == 1:
             return Claim(True, cancel_requested=bool(result[1]))
         return Claim(False, holder=as_text(result[1]), status=as_text(result[2]))
 
-    async def is_head(self, lock_key: str, task_id: str) -> bool:
-        head = await self.redis.lindex(k.line_key(lock_key), 0)
+    async def is_head(self, line: str, task_id: str) -> bool:
+        head = await self.redis.lindex(line, 0)
         return head is not None and as_text(head) == task_id
 
     async def requeue(self, held: Held, *, task_id: str | None) -> bool:
@@ -179,9 +202,12 @@ class TaskQueue:
         )
         return bool(result)
 
-    async def drop(self, held: Held, *, deadletter: str | None = None) -> bool:
-        """Stop holding a task without a final status (duplicates), optionally dead-lettering a record."""
+    async def drop(self, held: Held, *, deadletter: str | None = None, leave_line: str | None = None) -> bool:
+        """Stop holding a task without a final status (duplicates, bodies with no id), optionally
+        dead-lettering a record, and leaving the line under `leave_line` if this take joined it."""
         pipe = self.redis.pipeline(transaction=True)
+        if leave_line is not None and held.joined_line and held.line:
+            pipe.lrem(held.line, 1, leave_line)
         if deadletter is not None:
             pipe.lpush(k.DEADLETTER_LIST, deadletter)
             pipe.ltrim(k.DEADLETTER_LIST, 0, DEADLETTER_MAX - 1)
@@ -234,6 +260,11 @@ class TaskQueue:
         except ResponseError as exc:
             log.warning("keyspace notifications unavailable (%s): polling the queues instead", exc)
             return False
+
+
+def line_of(task_type: str, resource_id: str) -> str:
+    """The line key of a task: what TAKE_SCRIPT computes, for bodies it could not read."""
+    return k.line_key(f"{task_type.split('.', 1)[0]}:{resource_id}")
 
 
 def queue_notification_channels(db: int) -> list[str]:

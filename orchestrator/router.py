@@ -1,6 +1,8 @@
-"""Task type -> how to run it: playbook, lock key, timeout, status verbs, default priority.
+"""Task type -> how to run it: playbook, timeout, status verbs, default priority, rollback.
 
-The one table a newcomer reads to see what each task type does (seed "Task Routing").
+The one table a newcomer reads to see what each task type does (seed "Task Routing"). Tasks of one
+resource (`{resource type}:{resource_id}`) run one at a time in the order they were taken: that line is
+joined atomically when a task is taken (orchestrator.queue).
 """
 
 from __future__ import annotations
@@ -29,10 +31,6 @@ class Route:
 
     def playbook(self, playbook_dir: Path) -> Path:
         return playbook_dir / f"{self.type.value}.yml"
-
-    def lock_key(self, task: Task) -> str:
-        """Tasks with the same lock key run one at a time, in the order they were taken."""
-        return f"{self.resource_type}:{task.envelope.resource_id}"
 
 
 def _route(task_type: TaskType, priority: str, timeout: float, verb: str, status: ResourceStatus) -> Route:

@@ -236,7 +236,7 @@ class Publisher:
         error: str | None,
         held_entry: bytes | None,
         processing_key: str,
-        line_key: str | None,
+        line: str | None,
         resource_status: str | None = None,
         verb: str | None = None,
         metadata: dict[str, Any] | None = None,
@@ -280,33 +280,30 @@ class Publisher:
         task_text = redact(dumps(task_message))
         triples: list[str] = [user_channel, task_text, task_text]
         if resource_status is not None and ref.resource_type in k.STATUS_CHANNELS:
-            status_message = {
+            # The contract publishes agent_webhook_secret in metadata: everything else is masked.
+            published = {
+                key: value if key in k.PUBLISHED_SECRET_KEYS else json.loads(redact(dumps(value)))
+                for key, value in public_metadata.items()
+            }
+            status_message: dict[str, Any] = {
                 "type": verb,
                 "resource_type": ref.resource_type,
                 "resource_id": ref.resource_id,
                 "status": resource_status,
                 "error": error,
-                "metadata": public_metadata,
+                "metadata": published,
                 "timestamp": finished,
             }
-            # The contract publishes agent_webhook_secret in metadata: everything else is masked.
-            status_message["metadata"] = {
-                key: value if key in k.PUBLISHED_SECRET_KEYS else json.loads(redact(dumps(value)))
-                for key, value in public_metadata.items()
-            }
-            # The task's own stream (watch, console) gets the copy without the published secrets; the
+            # The task's own stream (watch, console) gets a copy without the published secrets; the
             # global stream is the channels' replay and carries exactly what was published.
-            masked_metadata = {
-                key: "***" if key in k.PUBLISHED_SECRET_KEYS else value
-                for key, value in status_message["metadata"].items()
-            }
+            masked_metadata = {key: "***" if key in k.PUBLISHED_SECRET_KEYS else v for key, v in published.items()}
             masked = {**status_message, "metadata": masked_metadata}
             triples += [k.STATUS_CHANNELS[ref.resource_type], dumps(status_message), dumps(masked)]
         result = await self._finish(
             keys=[
                 processing_key,
                 k.task_key(ref.task_id),
-                k.line_key(line_key) if line_key else "",
+                line or "",
                 k.task_stream(ref.task_id),
                 k.EVENTS_STREAM,
                 k.RECENT_TASKS,

@@ -26,12 +26,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, wait_exponential
 
 from orchestrator import constants as k
+from orchestrator import models
 from orchestrator.config import Settings
 from orchestrator.constants import ResourceStatus, TaskStatus
 from orchestrator.errors import Failure
 from orchestrator.models import Task, TaskRejected, parse_task
 from orchestrator.progress import ProgressTracker, StepPlans
-from orchestrator.queue import Held, TaskQueue, as_text, new_worker_id, queue_notification_channels
+from orchestrator.queue import Held, TaskQueue, as_text, line_of, new_worker_id, queue_notification_channels
 from orchestrator.redact import Redactor
 from orchestrator.router import Route, route_for
 from orchestrator.runner import LEDGER_RESULT, CancelToken, PlaybookRunner, RunResult
@@ -40,6 +41,8 @@ from orchestrator.status import Publisher, TaskRef, dumps, now_iso
 log = logging.getLogger(__name__)
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SAFE_ID = re.compile(models.SAFE_ID)
+USER_ID = re.compile(models.USER_ID)
 SHUTDOWN_REASON = "worker shutting down"
 RECORDED_EVENTS = frozenset(
     {"runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped", "runner_item_on_failed"}
@@ -54,7 +57,7 @@ class Running:
     task: Task
     route: Route
     held: Held
-    lock_key: str
+    line: str  # the resource's line key: only its head may run
     token: CancelToken = field(default_factory=CancelToken)
     requeue_on_cancel: bool = False
     started: bool = False
@@ -232,21 +235,21 @@ class Worker:
             await self._reject(held, rejection)
             return
         route = route_for(task)
-        lock_key = route.lock_key(task)
-        running = Running(task=task, route=route, held=held, lock_key=lock_key)
+        line = line_of(task.type.value, task.envelope.resource_id)
+        running = Running(task=task, route=route, held=held, line=line)
         if recovered:
             await self._recover(running)
             return
         claim = await self.queue.claim(
             task.id,
-            lock_key,
+            line,
             {
                 "type": task.type.value,
                 "user_id": task.envelope.user_id,
                 "resource_id": task.envelope.resource_id,
                 "resource_type": route.resource_type,
                 "priority": held.priority,
-                "lock_key": lock_key,
+                "line": line,
                 "status": TaskStatus.QUEUED.value,
                 "taken_at": now_iso(),
             },
@@ -259,7 +262,7 @@ class Worker:
                 claim.holder or "?",
                 claim.status or "?",
             )
-            await self.queue.drop(held)
+            await self.queue.drop(held, leave_line=task.id)
             return
         self._running[task.id] = running
         try:
@@ -276,28 +279,29 @@ class Worker:
 
     async def _wait_for_turn(self, running: Running) -> None:
         """Wait until this task heads its resource's line (tasks of one resource run in order)."""
-        if await self.queue.is_head(running.lock_key, running.task.id):
+        if await self.queue.is_head(running.line, running.task.id):
             return
         self._active -= 1
         self._wake.set()
         try:
             delay = 0.02
             while not running.token.is_set():
-                if await self.queue.is_head(running.lock_key, running.task.id):
+                if await self.queue.is_head(running.line, running.task.id):
                     return
-                await self._clear_stale_head(running.lock_key)
+                await self._clear_stale_head(running.line)
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, 0.25)
         finally:
             self._active += 1
 
-    async def _clear_stale_head(self, lock_key: str) -> None:
-        head = as_text(await self.redis.lindex(k.line_key(lock_key), 0))
+    async def _clear_stale_head(self, line: str) -> None:
+        """A head whose task is finished (or unknown) was left by a crash between steps: remove it."""
+        head = as_text(await self.redis.lindex(line, 0))
         if not head:
             return
         status = as_text(await self.redis.hget(k.task_key(head), "status"))
         if not status or status in k.FINAL_STATUSES:
-            await self.redis.lrem(k.line_key(lock_key), 1, head)
+            await self.redis.lrem(line, 1, head)
 
     async def _end_unstarted(self, running: Running) -> None:
         if running.requeue_on_cancel:
@@ -522,7 +526,7 @@ class Worker:
                 error=error,
                 held_entry=running.held.entry,
                 processing_key=self.queue.processing,
-                line_key=running.lock_key,
+                line=running.line,
                 resource_status=resource_status,
                 verb=running.route.verb,
                 metadata=metadata,
@@ -554,17 +558,17 @@ class Worker:
         fields = rejection.fields
         task_id = rejection.task_id
         message = f"invalid task: {rejection.message}"
-        if task_id and re.match(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", task_id):
-            claim = await self.queue.claim(task_id, None, {"status": TaskStatus.QUEUED.value, "taken_at": now_iso()})
+        if task_id and SAFE_ID.match(task_id):
+            claim = await self.queue.claim(task_id, "", {"status": TaskStatus.QUEUED.value, "taken_at": now_iso()})
             if not claim.claimed:
                 log.error(
                     "duplicate task id %s with an invalid body dropped (already taken by %s)",
                     task_id,
                     claim.holder or "?",
                 )
-                await self.queue.drop(held)
+                await self.queue.drop(held, leave_line=task_id)
                 return
-            user_id = fields.get("user_id") if re.match(r"^[^\s\x00-\x1f]{1,128}$", fields.get("user_id", "")) else None
+            user_id = fields.get("user_id") if USER_ID.match(fields.get("user_id", "")) else None
             task_type = fields.get("type", "")
             resource_type = task_type.split(".", 1)[0] if task_type in {t.value for t in k.TaskType} else None
             ref = TaskRef(
@@ -572,7 +576,7 @@ class Worker:
                 user_id=user_id,
                 type=task_type or None,
                 resource_type=resource_type,
-                resource_id=fields.get("resource_id"),
+                resource_id=fields.get("resource_id") if SAFE_ID.match(fields.get("resource_id", "")) else None,
             )
             verb = task_type.split(".")[-1] if resource_type else None
             await self._with_redis_retry(
@@ -582,7 +586,7 @@ class Worker:
                     error=message,
                     held_entry=held.entry,
                     processing_key=self.queue.processing,
-                    line_key=None,
+                    line=held.line if held.joined_line else None,
                     resource_status=ResourceStatus.FAILED.value if resource_type and ref.resource_id else None,
                     verb=verb,
                 )
@@ -598,7 +602,7 @@ class Worker:
                 "body": held.body[:4096].decode(errors="replace"),
             }
         )
-        await self.queue.drop(held, deadletter=self.redactor.redact(record))
+        await self.queue.drop(held, deadletter=self.redactor.redact(record), leave_line=task_id)
         log.error("task without a usable id rejected and dead-lettered: %s", message)
 
     async def _recover(self, running: Running) -> None:
