@@ -153,6 +153,7 @@ _PATTERN_HELP = {
     DNS_LABEL: "must be a DNS label (lowercase letters, digits and '-', 1-63 characters, "
     "not starting or ending with '-')",
     GIT_REF: "must be a git branch name of letters, digits, '.', '_', '-' and '/'",
+    USER_ID: "must be 1-128 characters without spaces or control characters",
     SAFE_ID: "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
 }
 

@@ -142,8 +142,10 @@ class ProgressTracker:
                 position = index + 1
                 break
         self.step = position if position is not None else self.step + 1
-        if self.step > self.total:
-            self.total = self.step + (1 if not self.plan else 0)
+        if not self.plan:
+            self.total = self.step + 1  # unknown length: never claim to be done before the end
+        elif self.step > self.total:
+            self.total = self.step
         message = str(event_data.get("task") or name)
         return Step(self.step, self.total, self.percentage(), message)
 

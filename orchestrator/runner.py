@@ -43,7 +43,21 @@ def _unsafe_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("!unsafe", value, style="'")
 
 
+class _Name(str):
+    """A mapping key: a variable name of ours, written as a plain string."""
+
+
+def _plain_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value))
+
+
+def _mapping(dumper: yaml.SafeDumper, value: dict[Any, Any]) -> yaml.MappingNode:
+    return dumper.represent_dict({_Name(key): item for key, item in value.items()})
+
+
 _UnsafeDumper.add_representer(str, _unsafe_str)
+_UnsafeDumper.add_representer(_Name, _plain_str)
+_UnsafeDumper.add_representer(dict, _mapping)
 
 
 def unsafe_vars_yaml(extravars: dict[str, Any]) -> str:

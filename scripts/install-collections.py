@@ -59,8 +59,18 @@ def main() -> int:
     wheels = sorted(CACHE.glob(f"{package}-{version}-*.whl"))
     if not wheels:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--dest", str(CACHE), wheel_spec],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                str(CACHE),
+                wheel_spec,
+            ],
             check=True,
         )
         wheels = sorted(CACHE.glob(f"{package}-{version}-*.whl"))

@@ -48,9 +48,25 @@ def start_redis(directory: Path, port: int | None = None) -> RedisServer:
     redis_bin = shutil.which("redis-server")
     assert redis_bin, "redis-server is not installed: run make setup"
     process = subprocess.Popen(
-        [redis_bin, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory), "--appendonly", "yes",
-         "--save", "", "--daemonize", "no", "--logfile", str(directory / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            redis_bin,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(directory / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = redis_lib.Redis(host="127.0.0.1", port=port)
     for _ in range(100):
@@ -117,16 +133,18 @@ class Env:
 
     def environ(self, **overrides: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("ORCHESTRATOR_", "ANSIBLE_"))}
-        env.update({
-            "REDIS_URL": self.redis_url,
-            "ORCHESTRATOR_DATA_DIR": str(self.data_dir),
-            "ORCHESTRATOR_STATE_DIR": str(self.state_dir),
-            "ORCHESTRATOR_LOG_LEVEL": "DEBUG",
-            "ORCHESTRATOR_RETRY_MIN_WAIT": "0.2",
-            "ORCHESTRATOR_RETRY_MAX_WAIT": "0.5",
-            "ORCHESTRATOR_GRACE_PERIOD": "30",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        })
+        env.update(
+            {
+                "REDIS_URL": self.redis_url,
+                "ORCHESTRATOR_DATA_DIR": str(self.data_dir),
+                "ORCHESTRATOR_STATE_DIR": str(self.state_dir),
+                "ORCHESTRATOR_LOG_LEVEL": "DEBUG",
+                "ORCHESTRATOR_RETRY_MIN_WAIT": "0.2",
+                "ORCHESTRATOR_RETRY_MAX_WAIT": "0.5",
+                "ORCHESTRATOR_GRACE_PERIOD": "30",
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
         env.update(self.extra)
         env.update(overrides)
         return env
@@ -135,8 +153,11 @@ class Env:
         log_path = self.tmp / f"worker-{len(self.workers)}.log"
         handle = log_path.open("wb")
         process = subprocess.Popen(
-            [str(BIN / "orchestrator"), "worker", *args], env=self.environ(**overrides),
-            stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
+            [str(BIN / "orchestrator"), "worker", *args],
+            env=self.environ(**overrides),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         worker = WorkerProcess(process, log_path)
         self.workers.append(worker)
@@ -167,10 +188,16 @@ def push(redis: redis_lib.Redis, body: bytes | str | dict[str, Any], *, queue: s
     redis.lpush(queue, body)
 
 
-def envelope(task_id: str, task_type: str, payload: dict[str, Any], *, user: str = "u1",
-             resource: str | None = None) -> dict[str, Any]:
-    return {"id": task_id, "type": task_type, "user_id": user, "resource_id": resource or f"res-{task_id}",
-            "payload": payload}
+def envelope(
+    task_id: str, task_type: str, payload: dict[str, Any], *, user: str = "u1", resource: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "type": task_type,
+        "user_id": user,
+        "resource_id": resource or f"res-{task_id}",
+        "payload": payload,
+    }
 
 
 def task_hash(redis: redis_lib.Redis, task_id: str) -> dict[str, str]:
@@ -209,10 +236,12 @@ class Subscriber:
 
     def __init__(self, client: redis_lib.Redis, *patterns: str):
         self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
 
         def handler(message: dict[str, Any]) -> None:
-            self.messages.append((message["channel"].decode(), json.loads(message["data"])))
+            channel = message["channel"].decode()
+            if not channel.startswith("__keyspace@"):  # the queues' wake-up notifications
+                self.messages.append((channel, json.loads(message["data"])))
 
         self._pubsub.psubscribe(**{pattern: handler for pattern in patterns})
         self._thread = self._pubsub.run_in_thread(sleep_time=0.01, daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime
 
@@ -20,15 +21,35 @@ GOOD = {"team_slug": "acme"}
     ("body", "expected"),
     [
         (dict(envelope("b-type", "team.explode", GOOD)), "type: Input should be"),
-        ({"id": "b-missing", "type": "team.provision", "user_id": "u1", "payload": GOOD}, "resource_id: Field required"),
-        (dict(envelope("b-wrongtype", "team.provision", {"team_slug": 42})), "payload.team_slug: Input should be a valid string"),
-        (dict(envelope("b-slug", "team.provision", {"team_slug": "../../etc"})), "payload.team_slug: invalid value: must be a DNS label"),
-        (dict(envelope("b-jinja", "team.provision", {"team_slug": "{{ lookup('pipe','id') }}"})), "payload.team_slug: invalid value"),
-        (dict(envelope("b-unknown", "team.provision", {"team_slug": "acme", "extra": 1})), "payload.extra: unknown field"),
-        (dict(envelope("b-payload", "team.provision", GOOD), payload="nope"), "payload: Input should be a valid dictionary"),
+        (
+            {"id": "b-missing", "type": "team.provision", "user_id": "u1", "payload": GOOD},
+            "resource_id: Field required",
+        ),
+        (
+            dict(envelope("b-wrongtype", "team.provision", {"team_slug": 42})),
+            "payload.team_slug: Input should be a valid string",
+        ),
+        (
+            dict(envelope("b-slug", "team.provision", {"team_slug": "../../etc"})),
+            "payload.team_slug: invalid value: must be a DNS label",
+        ),
+        (
+            dict(envelope("b-jinja", "team.provision", {"team_slug": "{{ lookup('pipe','id') }}"})),
+            "payload.team_slug: invalid value",
+        ),
+        (
+            dict(envelope("b-unknown", "team.provision", {"team_slug": "acme", "extra": 1})),
+            "payload.extra: unknown field",
+        ),
+        (
+            dict(envelope("b-payload", "team.provision", GOOD), payload="nope"),
+            "payload: Input should be a valid dictionary",
+        ),
     ],
 )
-def test_bad_input_fails_naming_the_field(env: Env, redis: redis_lib.Redis, body: dict[str, object], expected: str) -> None:
+def test_bad_input_fails_naming_the_field(
+    env: Env, redis: redis_lib.Redis, body: dict[str, object], expected: str
+) -> None:
     task_id = str(body["id"])
     with Subscriber(redis, "tasks:*", "team:status") as sub:
         push(redis, body)
@@ -102,14 +123,15 @@ def test_same_resource_in_order_other_resources_concurrently(env: Env, redis: re
     for i in range(3):
         push(redis, envelope(f"o{i}", "team.provision", {"team_slug": f"other{i}"}, resource=f"team-o{i}"))
     env.run_burst("--concurrency", "4")
-    for task_id in same + ["o0", "o1", "o2"]:
+    for task_id in [*same, "o0", "o1", "o2"]:
         assert task_hash(redis, task_id)["status"] == "completed", task_hash(redis, task_id)
     intervals = [_interval(redis, t) for t in same]
-    for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(intervals):
         assert end <= start, "tasks of one resource overlapped or ran out of order"
     others = [_interval(redis, f"o{i}") for i in range(3)]
-    assert any(a[0] < b[1] and b[0] < a[1] for a in others for b in others if a is not b), \
+    assert any(a[0] < b[1] and b[0] < a[1] for a in others for b in others if a is not b), (
         "different resources did not run concurrently"
+    )
     assert not (env.data_dir / "teams" / "same").exists()
     assert redis.keys("orchestrator:line:*") == []
 

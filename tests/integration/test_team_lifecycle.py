@@ -21,8 +21,7 @@ def team_dir(env: Env, slug: str) -> Path:
 
 def test_provision_restart_suspend_delete(env: Env, redis: redis_lib.Redis) -> None:
     with Subscriber(redis, "tasks:*", "team:status") as sub:
-        push(redis, envelope("t-prov", "team.provision", {"team_slug": "acme"}, resource="team-1"),
-             queue=k.QUEUE_HIGH)
+        push(redis, envelope("t-prov", "team.provision", {"team_slug": "acme"}, resource="team-1"), queue=k.QUEUE_HIGH)
         env.run_burst()
         record = task_hash(redis, "t-prov")
         assert record["status"] == "completed", record
@@ -33,8 +32,9 @@ def test_provision_restart_suspend_delete(env: Env, redis: redis_lib.Redis) -> N
         compose = (root / "docker-compose.yml").read_text()
         assert "Host(`acme.kanban.localhost`)" in compose
         assert "acme-api:" in compose and "version:" not in compose
-        assert json.loads((root / "data" / "acme" / "db.json").read_text()) == {"_default": {}} or \
-            isinstance(json.loads((root / "data" / "acme" / "db.json").read_text()), dict)
+        assert json.loads((root / "data" / "acme" / "db.json").read_text()) == {"_default": {}} or isinstance(
+            json.loads((root / "data" / "acme" / "db.json").read_text()), dict
+        )
         secret_file = root / ".secrets" / "agent_webhook_secret"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         secret = secret_file.read_text().strip()
@@ -88,8 +88,13 @@ def test_provision_restart_suspend_delete(env: Env, redis: redis_lib.Redis) -> N
         assert task_hash(redis, "t-del")["status"] == "completed"
         assert not root.exists()
         statuses = [(m["type"], m["status"]) for m in sub.on("team:status")]
-        assert statuses == [("provision", "active"), ("provision", "active"), ("suspend", "suspended"),
-                            ("restart", "active"), ("delete", "deleted")]
+        assert statuses == [
+            ("provision", "active"),
+            ("provision", "active"),
+            ("suspend", "suspended"),
+            ("restart", "active"),
+            ("delete", "deleted"),
+        ]
 
         # Deleting what is already gone converges.
         push(redis, envelope("t-del2", "team.delete", {"team_slug": "acme"}, resource="team-1"))
@@ -109,8 +114,10 @@ def test_restart_of_unprovisioned_team_fails_clearly(env: Env, redis: redis_lib.
 
 def test_unimplemented_types_fail_clearly(env: Env, redis: redis_lib.Redis) -> None:
     push(redis, envelope("w-1", "workspace.provision", {"team_slug": "acme", "workspace_slug": "web"}))
-    push(redis, envelope("s-1", "sandbox.agent.restart",
-                         {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}))
+    push(
+        redis,
+        envelope("s-1", "sandbox.agent.restart", {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}),
+    )
     env.run_burst()
     for task_id, name in (("w-1", "workspace.provision"), ("s-1", "sandbox.agent.restart")):
         record = task_hash(redis, task_id)

@@ -2,12 +2,13 @@
 
 ansible-runner spawns ansible-playbook with SIGHUP ignored in its own session, so a worker killed with
 SIGKILL would leave the run going while another worker takes the task over. This plugin watches its
-parent: once it changes (the worker is gone), it sends SIGTERM to ansible-playbook, whose own handler
-stops its forked workers.
+parent: once it changes (the worker is gone), it kills every other process of the run (they all carry
+the run's marker in their environment, see orchestrator/processes.py), then ends ansible-playbook.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -23,11 +24,44 @@ DOCUMENTATION = """
 """
 
 
+MARKER = "ORCHESTRATOR_RUN_ID"
+
+
+def _run_pids(marker: bytes) -> list[int]:
+    pids = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                if marker in handle.read().split(b"\0"):
+                    pids.append(int(name))
+        except OSError:
+            continue
+    return pids
+
+
+def _end_run() -> None:
+    run_id = os.environ.get(MARKER)
+    if run_id:
+        marker = f"{MARKER}={run_id}".encode()
+        for _ in range(3):
+            pids = _run_pids(marker)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _watch(parent: int) -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+            _end_run()
             return
 
 
