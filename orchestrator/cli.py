@@ -33,6 +33,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.concurrency:
         settings = settings.model_copy(update={"concurrency": args.concurrency})
     worker = Worker(settings, burst=args.burst)
+    settings.scrub_secret_env()
     setup_logging(settings.log_level, worker.redactor)
     return asyncio.run(worker.run())
 

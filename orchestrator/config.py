@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Environment variables holding secrets: read into Settings, then removed from the worker's environment
+# so no playbook process inherits them (ansible-runner also writes its environment into its artifacts).
+SECRET_ENV = ("GITHUB_TOKEN", "AZURE_CLIENT_SECRET")
 
 
 class Settings(BaseSettings):
@@ -63,6 +67,12 @@ class Settings(BaseSettings):
         """Every configured secret, for redaction of anything that leaves the process."""
         values = (self.github_token, self.azure_client_secret)
         return tuple(v.get_secret_value() for v in values if v is not None and v.get_secret_value())
+
+    @staticmethod
+    def scrub_secret_env() -> None:
+        """Remove secret variables from this process's environment (call once they have been read)."""
+        for name in SECRET_ENV:
+            os.environ.pop(name, None)
 
     def playbook_env(self) -> dict[str, str]:
         """The environment a playbook run gets on top of the worker's own (never secrets)."""

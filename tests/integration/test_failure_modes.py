@@ -183,6 +183,7 @@ def test_second_sigterm_requeues_running_task(env: Env, redis: redis_lib.Redis) 
 
 def test_secrets_never_leave_except_the_published_one(env: Env, redis: redis_lib.Redis) -> None:
     token = "ghp_" + "S3cr3tT0kenValue" * 2
+    (env.data_dir / "token.txt").write_text(token)
     with Subscriber(redis, "*") as sub:
         push(redis, envelope("s-1", "team.provision", {"team_slug": "leaky"}))
         env.run_burst(ORCHESTRATOR_PLAYBOOK_DIR=str(FIXTURES / "playbooks" / "leaky"), GITHUB_TOKEN=token)
@@ -190,7 +191,7 @@ def test_secrets_never_leave_except_the_published_one(env: Env, redis: redis_lib
         env.run_burst(GITHUB_TOKEN=token)
     record = task_hash(redis, "s-1")
     assert record["status"] == "failed"
-    assert "cannot use token ***" in record["error"]
+    assert "env token '', cannot use token ***" in record["error"]  # not inherited; redacted when leaked
     webhook = (env.data_dir / "teams" / "real" / ".secrets" / "agent_webhook_secret").read_text().strip()
     # Everything in Redis, every published message, every log line.
     dump = []
