@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -92,6 +94,10 @@ class Publisher:
         self._maxlen = stream_maxlen
         self._finish = redis.register_script(FINISH_SCRIPT)
         self._buffer: list[tuple[str, TaskRef, dict[str, Any]]] = []
+        self._incoming: deque[tuple[str, TaskRef, dict[str, Any]]] = deque()
+        self._pull_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -99,13 +105,32 @@ class Publisher:
         self.written = 0
         self.lag_max = 0.0
 
-    # -- buffered messages (may be called from the event loop only; use call_soon_threadsafe) --
+    # -- buffered messages: enqueue from any thread --
 
     def enqueue(self, kind: str, ref: TaskRef, message: dict[str, Any]) -> None:
-        """kind: 'progress' (hash + channel + streams), 'event' (task stream only), 'ledger'."""
-        self._buffer.append((kind, ref, message))
-        self._idle.clear()
-        self._wake.set()
+        """kind: 'progress' (hash + channel + streams), 'event' (task stream only), 'ledger'.
+
+        Safe from any thread: appends to a deque and wakes the loop once per batch, not once per
+        message, so a burst of Ansible events costs the event loop one wake-up.
+        """
+        self._incoming.append((kind, ref, message))
+        if not self._pull_scheduled:
+            self._pull_scheduled = True
+            if self._loop is None or threading.get_ident() == self._loop_thread:
+                self._pull()
+            else:
+                self._loop.call_soon_threadsafe(self._pull)
+
+    def _pull(self) -> None:
+        """On the loop: move what other threads enqueued into the write buffer."""
+        self._pull_scheduled = False  # before draining: a message appended meanwhile schedules another pull
+        moved = False
+        while self._incoming:
+            self._buffer.append(self._incoming.popleft())
+            moved = True
+        if moved:
+            self._idle.clear()
+            self._wake.set()
 
     def progress(self, ref: TaskRef, step: int, total: int, percentage: int, message: str) -> None:
         self.enqueue(
@@ -122,11 +147,14 @@ class Publisher:
         )
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="publisher")
 
     async def drain(self) -> None:
-        """Wait until everything enqueued so far is in Redis."""
+        """Wait until everything enqueued so far (from any thread) is in Redis."""
+        self._pull()
         await self._idle.wait()
 
     async def close(self) -> None:

@@ -1,7 +1,7 @@
 """The worker: takes tasks, runs their playbooks, reports progress and exactly one final status.
 
 One asyncio loop per process. Playbooks run in threads (ansible-runner is blocking); their events come
-back through `call_soon_threadsafe` into the publisher's buffer. See docs/architecture.md for the walk
+back through the publisher's thread-safe buffer. See docs/architecture.md for the walk
 of one task from the queue to its final status.
 """
 
@@ -419,7 +419,6 @@ class Worker:
 
     def _event_sink(self, ref: TaskRef, tracker: ProgressTracker | None) -> Callable[[dict[str, Any]], None]:
         """Runs in ansible-runner's thread: translate, then hand over to the loop without waiting."""
-        loop = asyncio.get_running_loop()
         publisher = self.publisher
 
         def sink(event: dict[str, Any]) -> None:
@@ -427,14 +426,12 @@ class Worker:
             data = event.get("event_data") or {}
             if kind in STEP_EVENTS and tracker is not None:
                 step = tracker.task_started(data)
-                loop.call_soon_threadsafe(
-                    publisher.progress, ref, step.step, step.total_steps, step.percentage, step.message
-                )
+                publisher.progress(ref, step.step, step.total_steps, step.percentage, step.message)
             elif kind in RECORDED_EVENTS:
                 res: dict[str, Any] = data["res"] if isinstance(data.get("res"), dict) else {}
                 entry = res.get(LEDGER_RESULT) if kind == "runner_on_ok" else None
                 if isinstance(entry, dict):
-                    loop.call_soon_threadsafe(publisher.enqueue, "ledger", ref, entry)
+                    publisher.enqueue("ledger", ref, entry)
                 summary = {
                     "type": k.MSG_ANSIBLE_EVENT,
                     "event": kind,
@@ -446,7 +443,7 @@ class Worker:
                 }
                 if kind not in {"runner_on_ok", "runner_on_skipped"}:
                     summary["msg"] = str(res.get("msg") or res.get("stderr") or "")[:2000]
-                loop.call_soon_threadsafe(publisher.enqueue, "event", ref, summary)
+                publisher.enqueue("event", ref, summary)
 
         return sink
 

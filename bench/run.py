@@ -1,0 +1,1104 @@
+#!/usr/bin/env python
+"""Benchmarks of the orchestrator, side by side in one run: `.venv/bin/python bench/run.py [--quick] [--only NAME]`.
+
+Self-contained: starts its own redis-server on a free loopback port in a temporary folder, its own
+`orchestrator worker` subprocesses, and removes all of it (processes and folders) on the way out.
+Prints a table and writes bench/results.json (figures, targets, pass/fail per target, machine info).
+
+Benchmarks (NAME for --only):
+  overhead  wall time of playbooks/team.provision.yml through a worker vs bare ansible-playbook
+  dispatch  LPUSH -> task.started latency on an idle worker (fixture playbook)
+  cancel    cancel request -> no process of the run left, and -> final task.cancelled message
+  events    event pipeline throughput: runner thread -> Worker._event_sink -> Publisher -> Redis
+  memory    idle worker RSS (the RSS of the workers of overhead/dispatch/cancel is reported too)
+
+Only Python's clocks (time.perf_counter) and /proc are used for measurements. Machines are noisy:
+the figures that matter are ratios and percentiles over repeated, interleaved runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from orchestrator import client  # noqa: E402
+from orchestrator import constants as k  # noqa: E402
+from orchestrator.processes import run_processes  # noqa: E402
+from orchestrator.runner import unsafe_vars_yaml  # noqa: E402
+
+BENCH_DIR = ROOT / "bench"
+FIXTURES = BENCH_DIR / "playbooks"
+RESULTS = BENCH_DIR / "results.json"
+BIN = Path(sys.executable).parent
+# Every process this script starts (and all their descendants) carries this variable: the final sweep
+# finds leftovers by it, whoever their parent is now.
+SESSION_VAR = "ORCHESTRATOR_BENCH_SESSION"
+SESSION = uuid.uuid4().hex
+NAMES = ("overhead", "dispatch", "cancel", "events", "memory")
+FINAL_TYPES = frozenset(k.FINAL_MESSAGES.values())
+CANCEL_SLEEP_TASK = "Sleep with a forked child"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * pct / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2) if ms else float("nan"),
+        "mean_ms": round(statistics.fmean(ms), 2) if ms else float("nan"),
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proc_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of a process, in MB (from /proc/<pid>/status)."""
+    found: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = round(int(value.split()[0]) / 1024, 1)
+    return found
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of a process (its own CPU and that of its reaped children)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in fields[11:15]) / ticks
+
+
+def session_processes() -> list[psutil.Process]:
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(SESSION_VAR) == SESSION:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def new_slug() -> str:
+    return "b" + uuid.uuid4().hex[:12]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- services
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, configured like scripts/services.sh."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(self.folder),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--notify-keyspace-events",
+                    "Kl",
+                    "--logfile",
+                    str(self.folder / "redis.log"),
+                ],
+                env={**os.environ, SESSION_VAR: SESSION},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    if Redis.from_url(self.url, socket_connect_timeout=0.2).ping():
+                        return
+                time.sleep(0.02)
+            self.stop()
+        raise RuntimeError(f"redis-server did not start (see {self.folder / 'redis.log'})")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class WorkerProcess:
+    """An `orchestrator worker` subprocess with its own data/state folders."""
+
+    def __init__(self, ctx: Context, name: str, *, concurrency: int, playbook_dir: Path | None):
+        self.ctx = ctx
+        self.name = name
+        self.data_dir = ctx.tmp / f"{name}-data"
+        self.state_dir = ctx.tmp / f"{name}-state"
+        self.log_path = ctx.tmp / f"{name}-worker.log"
+        self.env = {
+            **ctx.base_env,
+            "REDIS_URL": ctx.redis.url,
+            "ORCHESTRATOR_DATA_DIR": str(self.data_dir),
+            "ORCHESTRATOR_STATE_DIR": str(self.state_dir),
+            "ORCHESTRATOR_CONCURRENCY": str(concurrency),
+            "ORCHESTRATOR_GRACE_PERIOD": "5",
+            "ORCHESTRATOR_LOG_LEVEL": "INFO",
+        }
+        if playbook_dir is not None:
+            self.env["ORCHESTRATOR_PLAYBOOK_DIR"] = str(playbook_dir)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> float:
+        """Start and wait until registered in orchestrator:workers; returns the start-up time in s."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            t0 = time.perf_counter()
+            self.proc = subprocess.Popen(
+                [str(BIN / "orchestrator"), "worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.ctx.workers.append(self)
+        redis = self.ctx.r
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited {self.proc.returncode}: {self.log_tail()}")
+            for raw in redis.hvals(k.WORKERS_HASH):
+                with contextlib.suppress(ValueError, TypeError):
+                    if json.loads(raw).get("pid") == self.proc.pid:
+                        return time.perf_counter() - t0
+            time.sleep(0.02)
+        raise RuntimeError(f"worker {self.name} did not register within {timeout}s: {self.log_tail()}")
+
+    def memory(self) -> dict[str, float]:
+        return proc_memory_mb(self.pid)
+
+    def cpu(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def log_tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        """SIGTERM (finish running tasks), again (cancel them), then SIGKILL the group as a last resort."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGTERM, 8.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                if sig is signal.SIGKILL:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                log(f"worker {self.name} still running after {sig.name}")
+
+
+class Subscriber:
+    """Receives the messages of one tasks:{user_id} channel in a thread, time-stamped on receipt."""
+
+    def __init__(self, url: str, user_id: str):
+        self._redis = Redis.from_url(url)
+        self._pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(k.user_channel(user_id))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the subscription is active once confirmed
+            message = self._pubsub.get_message(timeout=0.5)
+            if message and message["type"] == "subscribe":
+                break
+        else:
+            raise RuntimeError("no subscribe confirmation")
+        self._by_task: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-subscriber", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except Exception:  # closed under us on exit
+                return
+            if message is None or message["type"] != "message":
+                continue
+            received = time.perf_counter()
+            data = json.loads(message["data"])
+            with self._cond:
+                self._by_task.setdefault(str(data.get("task_id")), []).append((received, data))
+                self._cond.notify_all()
+
+    def wait(
+        self, task_id: str, match: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> tuple[float, dict[str, Any]]:
+        """The first message of a task that matches (already received or to come)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for received, data in self._by_task.get(task_id, []):
+                    if match(data):
+                        return received, data
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [d.get("type") for _t, d in self._by_task.get(task_id, [])]
+                    raise TimeoutError(f"task {task_id}: no matching message within {timeout}s (saw {seen})")
+                self._cond.wait(remaining)
+
+    def wait_type(self, task_id: str, types: frozenset[str] | set[str], timeout: float) -> tuple[float, dict[str, Any]]:
+        return self.wait(task_id, lambda d: d.get("type") in types, timeout)
+
+    def finals(self) -> dict[str, str]:
+        with self._cond:
+            return {
+                task_id: str(d.get("type"))
+                for task_id, messages in self._by_task.items()
+                for _t, d in messages
+                if d.get("type") in FINAL_TYPES
+            }
+
+    def forget(self, task_id: str) -> None:
+        with self._cond:
+            self._by_task.pop(task_id, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+        with contextlib.suppress(Exception):
+            self._redis.close()
+
+
+@dataclass
+class Context:
+    tmp: Path
+    redis: RedisServer
+    quick: bool
+    base_env: dict[str, str]
+    workers: list[WorkerProcess] = field(default_factory=list)
+    _r: Redis | None = None
+
+    @property
+    def r(self) -> Redis:
+        if self._r is None:
+            self._r = Redis.from_url(self.redis.url)
+        return self._r
+
+
+@dataclass
+class Target:
+    name: str
+    value: float
+    op: str  # "<=" or "<" or ">="
+    limit: float
+    unit: str
+
+    @property
+    def passed(self) -> bool:
+        if self.value != self.value:  # NaN: not measured
+            return False
+        return {"<=": self.value <= self.limit, "<": self.value < self.limit, ">=": self.value >= self.limit}[self.op]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "op": self.op,
+            "limit": self.limit,
+            "unit": self.unit,
+            "pass": self.passed,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- 1. overhead
+
+
+def bench_overhead(ctx: Context) -> dict[str, Any]:
+    """Same playbook, same vars: through a worker (LPUSH -> task.completed) vs bare ansible-playbook."""
+    pairs = 3 if ctx.quick else 8
+    user = "bench-overhead"
+    worker = WorkerProcess(ctx, "overhead", concurrency=1, playbook_dir=None)
+    worker.start()
+    sub = Subscriber(ctx.redis.url, user)
+    bare_dir = ctx.tmp / "overhead-bare"
+    bare_data = bare_dir / "data"
+    bare_data.mkdir(parents=True, exist_ok=True)
+    bare_env = {
+        **ctx.base_env,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ORCHESTRATOR_DATA_DIR": str(bare_data),
+        "DOMAIN": "kanban.localhost",
+        "PORTAL_API_URL": "https://kanban.localhost/api",
+    }
+    try:
+
+        def orchestrated() -> dict[str, float]:
+            slug = new_slug()
+            cpu0 = worker.cpu()
+            t0 = time.perf_counter()
+            task_id = client.submit(ctx.r, "team.provision", {"team_slug": slug}, user_id=user)
+            t_started, _ = sub.wait_type(task_id, {k.MSG_STARTED}, 60)
+            t_final, final = sub.wait_type(task_id, FINAL_TYPES, 300)
+            status = client.status(ctx.r, task_id).get("status")
+            if final.get("type") != k.MSG_COMPLETED or status != "completed":
+                raise RuntimeError(f"orchestrated run ended {final.get('type')}/{status}: {final.get('error')}")
+            if not (worker.data_dir / "teams" / slug).is_dir():
+                raise RuntimeError(f"orchestrated run did not create the team directory of {slug}")
+            time.sleep(0.05)  # let the worker reap and account the run's CPU
+            return {
+                "wall": t_final - t0,
+                "dispatch": t_started - t0,
+                "run": t_final - t_started,
+                "cpu": worker.cpu() - cpu0,
+            }
+
+        def bare() -> dict[str, float]:
+            slug = new_slug()
+            extravars = {
+                "team_slug": slug,
+                "orchestrator_task_id": str(uuid.uuid4()),
+                "orchestrator_task_type": "team.provision",
+                "orchestrator_resource_id": str(uuid.uuid4()),
+                "orchestrator_user_id": user,
+                "orchestrator_data_dir": str(bare_data),
+                "orchestrator_domain": "kanban.localhost",
+                "orchestrator_portal_api_url": "https://kanban.localhost/api",
+            }
+            vars_file = bare_dir / f"vars-{slug}.yml"
+            vars_file.write_text(unsafe_vars_yaml(extravars))  # exactly how the worker writes them
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [
+                    str(BIN / "ansible-playbook"),
+                    "-i",
+                    "inventory",
+                    "playbooks/team.provision.yml",
+                    "-e",
+                    f"@{vars_file}",
+                ],
+                cwd=ROOT,
+                env=bare_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _pid, wait_status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(wait_status)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bare ansible-playbook exited {proc.returncode}")
+            if not (bare_data / "teams" / slug).is_dir():
+                raise RuntimeError(f"bare run did not create the team directory of {slug}")
+            return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime}
+
+        log("overhead: warm-up (the worker lists the playbook's tasks once)")
+        warm_orch = orchestrated()
+        warm_bare = bare()
+        orch_runs: list[dict[str, float]] = []
+        bare_runs: list[dict[str, float]] = []
+        for i in range(pairs):
+            if i % 2 == 0:
+                orch_runs.append(orchestrated())
+                bare_runs.append(bare())
+            else:
+                bare_runs.append(bare())
+                orch_runs.append(orchestrated())
+            log(
+                f"overhead: pair {i + 1}/{pairs}: orchestrator {orch_runs[-1]['wall']:.3f}s, "
+                f"bare {bare_runs[-1]['wall']:.3f}s"
+            )
+        ratios = [o["wall"] / b["wall"] for o, b in zip(orch_runs, bare_runs, strict=True)]
+        cpu_ratios = [o["cpu"] / b["cpu"] for o, b in zip(orch_runs, bare_runs, strict=True) if b["cpu"] > 0]
+        memory_after = worker.memory()
+    finally:
+        sub.close()
+        worker.stop()
+    median_ratio = statistics.median(ratios)
+    # A pair is disturbed when either side took 1.5x its side's median: machine noise, not the engine.
+    o_med = statistics.median(r["wall"] for r in orch_runs)
+    b_med = statistics.median(r["wall"] for r in bare_runs)
+    disturbed = [
+        i
+        for i, (o, b) in enumerate(zip(orch_runs, bare_runs, strict=True))
+        if o["wall"] > 1.5 * o_med or b["wall"] > 1.5 * b_med
+    ]
+    clean = [r for i, r in enumerate(ratios) if i not in disturbed]
+
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 4)
+
+    return {
+        "pairs": pairs,
+        "playbook": "playbooks/team.provision.yml",
+        "warmup_s": {"orchestrator": round(warm_orch["wall"], 3), "bare": round(warm_bare["wall"], 3)},
+        "orchestrator_wall_median_s": med(orch_runs, "wall"),
+        "bare_wall_median_s": med(bare_runs, "wall"),
+        "orchestrator_dispatch_median_s": med(orch_runs, "dispatch"),
+        "orchestrator_run_median_s": med(orch_runs, "run"),
+        "orchestrator_cpu_median_s": med(orch_runs, "cpu"),
+        "bare_cpu_median_s": med(bare_runs, "cpu"),
+        "ratio_median": round(median_ratio, 4),
+        "ratio_min": round(min(ratios), 4),
+        "ratio_max": round(max(ratios), 4),
+        "cpu_ratio_median": round(statistics.median(cpu_ratios), 4) if cpu_ratios else None,
+        "ratios": [round(r, 4) for r in ratios],
+        "disturbed_pairs": disturbed,
+        "ratio_median_undisturbed": round(statistics.median(clean), 4) if clean else None,
+        "orchestrator_wall_s": [round(r["wall"], 4) for r in orch_runs],
+        "bare_wall_s": [round(r["wall"], 4) for r in bare_runs],
+        "worker_memory_after_mb": memory_after,
+        "targets": [
+            Target("overhead: orchestrator/bare wall ratio (median of pairs)", round(median_ratio, 4), "<=", 1.05, "x")
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 2. dispatch
+
+
+def bench_dispatch(ctx: Context) -> dict[str, Any]:
+    """LPUSH -> task.started, one task at a time on an idle worker."""
+    samples = 50 if ctx.quick else 200
+    concurrency = 4
+    user = "bench-dispatch"
+    worker = WorkerProcess(ctx, "dispatch", concurrency=concurrency, playbook_dir=FIXTURES)
+    worker.start()
+    sub = Subscriber(ctx.redis.url, user)
+    latencies: list[float] = []
+    in_flight_at_push: list[int] = []
+    pending: list[str] = []
+    try:
+        log("dispatch: warm-up")
+        warm = client.submit(ctx.r, "team.provision", {"team_slug": new_slug()}, user_id=user)
+        sub.wait_type(warm, FINAL_TYPES, 120)
+        time.sleep(0.5)
+        for i in range(samples):
+            # Keep the worker idle as seen by the dispatcher: a free slot, and at most one playbook
+            # (the previous sample's) still running, so the figure is dispatch, not CPU queueing.
+            finals = sub.finals()
+            while True:
+                finals = sub.finals()
+                pending = [t for t in pending if t not in finals]
+                if len(pending) <= 1:
+                    break
+                sub.wait_type(pending[0], FINAL_TYPES, 120)
+            in_flight_at_push.append(len(pending))
+            t0 = time.perf_counter()
+            task_id = client.submit(ctx.r, "team.provision", {"team_slug": new_slug()}, user_id=user)
+            t_started, _ = sub.wait_type(task_id, {k.MSG_STARTED}, 30)
+            latencies.append(t_started - t0)
+            pending.append(task_id)
+            if (i + 1) % 50 == 0:
+                log(f"dispatch: {i + 1}/{samples}, p50 so far {percentile(latencies, 50) * 1000:.1f} ms")
+        for task_id in pending:
+            _t, final = sub.wait_type(task_id, FINAL_TYPES, 120)
+            if final.get("type") != k.MSG_COMPLETED:
+                raise RuntimeError(f"dispatch task {task_id} ended {final.get('type')}: {final.get('error')}")
+        memory_after = worker.memory()
+    finally:
+        sub.close()
+        worker.stop()
+    stats = summary_ms(latencies)
+    idle = [lat for lat, n in zip(latencies, in_flight_at_push, strict=True) if n == 0]
+    return {
+        **stats,
+        "concurrency": concurrency,
+        "playbook": "bench/playbooks/team.provision.yml",
+        "samples_with_no_other_run": len(idle),
+        "p99_ms_with_no_other_run": round(percentile([v * 1000 for v in idle], 99), 2) if idle else None,
+        "worker_memory_after_mb": memory_after,
+        "targets": [Target("dispatch: LPUSH -> task.started p99", stats["p99_ms"], "<", 50, "ms")],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 3. cancel
+
+
+def bench_cancel(ctx: Context) -> dict[str, Any]:
+    """Cancel a run in `sleep 600 & sleep 600`; time until no process of the run is left and until the final status."""
+    samples = 5 if ctx.quick else 20
+    user = "bench-cancel"
+    worker = WorkerProcess(ctx, "cancel", concurrency=4, playbook_dir=FIXTURES)
+    worker.start()
+    sub = Subscriber(ctx.redis.url, user)
+    gone: list[float] = []
+    final: list[float] = []
+    tree_sizes: list[int] = []
+    tree_sessions: list[int] = []
+    scan_ms: list[float] = []
+    try:
+        for i in range(samples):
+            task_id = client.submit(ctx.r, "team.restart", {"team_slug": new_slug()}, user_id=user)
+            _t, started = sub.wait_type(task_id, {k.MSG_STARTED}, 60)
+            run_id = f"{task_id}-{started.get('attempt', 1)}-1"  # Worker._run_with_retries: {task}-{attempt}-{try}
+            sub.wait(
+                task_id,
+                lambda d: d.get("type") == k.MSG_PROGRESS and d.get("message") == CANCEL_SLEEP_TASK,
+                60,
+            )
+            time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            procs = run_processes(run_id)
+            while not any(_is_sleep(p) for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                procs = run_processes(run_id)
+            if not any(_is_sleep(p) for p in procs):
+                raise RuntimeError(f"run {run_id}: the sleep processes never appeared ({len(procs)} processes)")
+            tree_sizes.append(len(procs))
+            with contextlib.suppress(OSError):
+                tree_sessions.append(len({os.getsid(p.pid) for p in procs}))
+            t0 = time.perf_counter()
+            if not client.cancel(ctx.r, task_id):
+                raise RuntimeError(f"cancel of {task_id} refused")
+            t_gone = None
+            while time.perf_counter() - t0 < 30:
+                s0 = time.perf_counter()
+                left = run_processes(run_id)
+                s1 = time.perf_counter()
+                scan_ms.append((s1 - s0) * 1000)
+                if not left:
+                    t_gone = s1  # conservative: the end of the first scan that found none
+                    break
+                time.sleep(0.005)
+            if t_gone is None:
+                raise RuntimeError(f"run {run_id}: processes still there 30s after cancel")
+            t_final, message = sub.wait_type(task_id, FINAL_TYPES, 30)
+            status = client.status(ctx.r, task_id).get("status")
+            if message.get("type") != k.MSG_CANCELLED or status != "cancelled":
+                raise RuntimeError(f"cancelled task {task_id} ended {message.get('type')}/{status}")
+            gone.append(t_gone - t0)
+            final.append(t_final - t0)
+            log(f"cancel: {i + 1}/{samples}: processes gone {gone[-1]:.3f}s, final status {final[-1]:.3f}s")
+        memory_after = worker.memory()
+    finally:
+        sub.close()
+        worker.stop()
+    g = summary_ms(gone)
+    f = summary_ms(final)
+    return {
+        "samples": samples,
+        "playbook": "bench/playbooks/team.restart.yml",
+        "processes_gone": g,
+        "final_status": f,
+        "run_tree_size_median": statistics.median(tree_sizes),
+        "run_tree_sessions_median": statistics.median(tree_sessions) if tree_sessions else None,
+        "process_scan_median_ms": round(statistics.median(scan_ms), 2),
+        "worker_memory_after_mb": memory_after,
+        "targets": [
+            Target("cancel: -> no process left p99", g["p99_ms"], "<", 1000, "ms"),
+            Target("cancel: -> final task.cancelled p99", f["p99_ms"], "<", 1000, "ms"),
+        ],
+    }
+
+
+def _is_sleep(proc: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return proc.name() == "sleep"
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- 4. events
+
+
+def synthetic_events(count: int, run_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """playbook_on_task_start / runner_on_ok pairs shaped like ansible-runner's, and the matching plan."""
+    play_uuid = str(uuid.uuid4())
+    playbook_uuid = str(uuid.uuid4())
+    events: list[dict[str, Any]] = []
+    plan: list[str] = []
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    for i in range(count // 2):
+        name = f"Synthetic step {i}"
+        plan.append(f"team_instance : {name}")
+        task_uuid = str(uuid.uuid4())
+        common = {
+            "playbook": "team.provision.yml",
+            "playbook_uuid": playbook_uuid,
+            "play": "Provision the team instance",
+            "play_uuid": play_uuid,
+            "play_pattern": "localhost",
+            "task": name,
+            "task_uuid": task_uuid,
+            "task_action": "ansible.builtin.file",
+            "resolved_action": "ansible.builtin.file",
+            "task_args": "",
+            "task_path": f"{ROOT}/roles/team_instance/tasks/directory.yml:{i % 40 + 2}",
+            "role": "team_instance",
+        }
+        events.append(
+            {
+                "uuid": str(uuid.uuid4()),
+                "counter": 2 * i + 1,
+                "stdout": f"\r\nTASK [team_instance : {name}] " + "*" * 40,
+                "start_line": 4 * i,
+                "end_line": 4 * i + 2,
+                "runner_ident": run_id,
+                "event": "playbook_on_task_start",
+                "pid": 4242,
+                "created": now,
+                "parent_uuid": play_uuid,
+                "event_data": {**common, "name": f"team_instance : {name}", "is_conditional": False, "uuid": task_uuid},
+            }
+        )
+        events.append(
+            {
+                "uuid": str(uuid.uuid4()),
+                "counter": 2 * i + 2,
+                "stdout": "\x1b[0;33mchanged: [localhost]\x1b[0m",
+                "start_line": 4 * i + 2,
+                "end_line": 4 * i + 3,
+                "runner_ident": run_id,
+                "event": "runner_on_ok",
+                "pid": 4242,
+                "created": now,
+                "parent_uuid": task_uuid,
+                "event_data": {
+                    **common,
+                    "host": "localhost",
+                    "remote_addr": "localhost",
+                    "res": {
+                        "changed": True,
+                        "diff": {"before": {"path": f"/tmp/t/{i}", "state": "absent"}, "after": {"state": "directory"}},
+                        "path": f"/tmp/t/{i}",
+                        "mode": "0750",
+                        "state": "directory",
+                        "uid": 0,
+                        "gid": 0,
+                        "owner": "root",
+                        "group": "root",
+                        "size": 4096,
+                        "invocation": {"module_args": {"path": f"/tmp/t/{i}", "state": "directory", "mode": "0750"}},
+                        "_ansible_no_log": False,
+                    },
+                    "start": now,
+                    "end": now,
+                    "duration": 0.0123,
+                    "event_loop": None,
+                    "uuid": str(uuid.uuid4()),
+                },
+            }
+        )
+    return events, plan
+
+
+def bench_events(ctx: Context) -> dict[str, Any]:
+    count = 50_000
+    return asyncio.run(_bench_events(ctx, count))
+
+
+async def _bench_events(ctx: Context, count: int) -> dict[str, Any]:
+    from orchestrator.config import Settings  # noqa: PLC0415 - heavy imports only for this benchmark
+    from orchestrator.progress import ProgressTracker  # noqa: PLC0415
+    from orchestrator.runner import _RunState  # noqa: PLC0415
+    from orchestrator.status import TaskRef  # noqa: PLC0415
+    from orchestrator.worker import Worker  # noqa: PLC0415
+
+    settings = Settings(
+        redis_url=ctx.redis.url,
+        data_dir=ctx.tmp / "events-data",
+        state_dir=ctx.tmp / "events-state",
+        # Large enough that XLEN can prove every message landed (the defaults trim approximately).
+        task_stream_maxlen=count * 2,
+        stream_maxlen=count * 2,
+    )
+    worker = Worker(settings)
+    publisher = worker.publisher
+    publisher.start()
+    task_id = f"bench-events-{uuid.uuid4().hex[:8]}"
+    ref = TaskRef(
+        task_id=task_id, user_id="bench-events", type="team.provision", resource_type="team", resource_id="r1"
+    )
+    events, plan = synthetic_events(count, f"{task_id}-1-1")
+    tracker = ProgressTracker(plan)
+    state = _RunState(on_event=worker._event_sink(ref, tracker))
+    loop_lag: list[float] = []
+    stop_probe = asyncio.Event()
+
+    async def probe() -> None:  # how late the loop runs a 10 ms timer while the pipeline is busy
+        while not stop_probe.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            loop_lag.append(time.perf_counter() - t - 0.01)
+
+    def feed() -> float:
+        for event in events:
+            state.handle(event)
+        return time.perf_counter()
+
+    global_before = int(await worker.redis.xlen(k.EVENTS_STREAM))  # other benchmarks wrote there too
+    probe_task = asyncio.create_task(probe())
+    try:
+        t0 = time.perf_counter()
+        t_fed = await asyncio.to_thread(feed)
+        await publisher.drain()
+        t_done = time.perf_counter()
+        stop_probe.set()
+        await probe_task
+        r = worker.redis
+        task_stream_len = int(await r.xlen(k.task_stream(task_id)))
+        global_len = int(await r.xlen(k.EVENTS_STREAM)) - global_before
+        step = int(await r.hget(k.task_key(task_id), "step") or 0)
+        written = publisher.written
+    finally:
+        await publisher.close()
+        await worker.redis.aclose()
+    elapsed = t_done - t0
+    rate = count / elapsed
+    ok = task_stream_len == count and global_len == count // 2 and step == count // 2 and written == count
+    if not ok:
+        raise RuntimeError(
+            f"events lost: fed {count}, task stream {task_stream_len}, global +{global_len}, step {step}, "
+            f"written {written}"
+        )
+    return {
+        "events": count,
+        "elapsed_s": round(elapsed, 3),
+        "feed_s": round(t_fed - t0, 3),
+        "drain_after_feed_s": round(t_done - t_fed, 3),
+        "events_per_s": round(rate),
+        "verified": {"task_stream_xlen": task_stream_len, "global_stream_added": global_len, "progress_step": step},
+        "loop_lag_p99_ms": round(percentile(loop_lag, 99) * 1000, 2),
+        "loop_lag_max_ms": round(max(loop_lag) * 1000, 2) if loop_lag else None,
+        "targets": [Target("events: pipeline throughput", round(rate), ">=", 5000, "events/s")],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 5. memory
+
+
+def bench_memory(ctx: Context) -> dict[str, Any]:
+    worker = WorkerProcess(ctx, "memory", concurrency=4, playbook_dir=FIXTURES)
+    try:
+        startup = worker.start()
+        time.sleep(3)
+        memory = worker.memory()
+    finally:
+        worker.stop()
+    return {
+        "startup_s": round(startup, 3),
+        "idle_vmrss_mb": memory.get("VmRSS"),
+        "idle_vmhwm_mb": memory.get("VmHWM"),
+        "targets": [Target("memory: idle worker VmRSS", memory.get("VmRSS", float("nan")), "<=", 80, "MB")],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "overhead": bench_overhead,
+    "dispatch": bench_dispatch,
+    "cancel": bench_cancel,
+    "events": bench_events,
+    "memory": bench_memory,
+}
+
+
+def machine_info() -> dict[str, Any]:
+    from ansible.release import __version__ as ansible_version  # noqa: PLC0415
+
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], check=False, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "ansible_core": ansible_version,
+        "redis_server": redis_version,
+        "platform": platform.platform(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def row_lines(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    for name, res in results.items():
+        if "error" in res:
+            rows.append((name, f"ERROR: {res['error']}", "", "FAIL"))
+            continue
+        if name == "overhead":
+            rows.append(("overhead: orchestrator wall (median)", f"{res['orchestrator_wall_median_s']:.3f} s", "", ""))
+            rows.append(("overhead: bare ansible-playbook wall (median)", f"{res['bare_wall_median_s']:.3f} s", "", ""))
+            rows.append(
+                (
+                    "overhead: orchestrator split (median)",
+                    f"LPUSH->started {res['orchestrator_dispatch_median_s'] * 1000:.0f} ms, "
+                    f"started->completed {res['orchestrator_run_median_s']:.3f} s",
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "overhead: CPU per run (median)",
+                    f"orch {res['orchestrator_cpu_median_s']:.2f} s vs bare {res['bare_cpu_median_s']:.2f} s",
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "overhead: ratio min / max",
+                    f"{res['ratio_min']:.3f} / {res['ratio_max']:.3f} (n={res['pairs']}); "
+                    f"{len(res['disturbed_pairs'])} disturbed pairs, median of the others "
+                    f"{res['ratio_median_undisturbed']}",
+                    "",
+                    "",
+                )
+            )
+        elif name == "dispatch":
+            rows.append(
+                (
+                    "dispatch: LPUSH -> task.started",
+                    f"p50 {res['p50_ms']:.1f} / p90 {res['p90_ms']:.1f} / p99 {res['p99_ms']:.1f} / "
+                    f"max {res['max_ms']:.1f} ms (n={res['n']})",
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "dispatch: same, no other run in flight",
+                    f"p99 {res['p99_ms_with_no_other_run']} ms (n={res['samples_with_no_other_run']})",
+                    "",
+                    "",
+                )
+            )
+        elif name == "cancel":
+            for key, label in (("processes_gone", "no process left"), ("final_status", "final task.cancelled")):
+                s = res[key]
+                rows.append(
+                    (
+                        f"cancel: -> {label}",
+                        f"p50 {s['p50_ms']:.0f} / p99 {s['p99_ms']:.0f} / max {s['max_ms']:.0f} ms (n={s['n']})",
+                        "",
+                        "",
+                    )
+                )
+        elif name == "events":
+            rows.append(
+                (
+                    "events: feed / drain after feed",
+                    f"{res['feed_s']:.2f} s / {res['drain_after_feed_s']:.2f} s for {res['events']} events",
+                    "",
+                    "",
+                )
+            )
+        elif name == "memory":
+            rows.append(("memory: idle VmHWM", f"{res['idle_vmhwm_mb']} MB (start-up {res['startup_s']} s)", "", ""))
+        for t in res.get("targets", []):
+            unit = t["unit"]
+            value = t["value"]
+            shown = f"{value:g} {unit}" if isinstance(value, (int, float)) else str(value)
+            rows.append((t["name"], shown, f"{t['op']} {t['limit']:g} {unit}", "PASS" if t["pass"] else "FAIL"))
+        mem = res.get("worker_memory_after_mb")
+        if mem:
+            rows.append(
+                (
+                    f"{name}: worker RSS after the benchmark",
+                    f"VmRSS {mem.get('VmRSS')} / VmHWM {mem.get('VmHWM')} MB",
+                    "",
+                    "",
+                )
+            )
+    return rows
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    rows = [("measure", "figure", "target", "result"), *row_lines(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            print(line)
+    print(line)
+
+
+@contextlib.contextmanager
+def environment(quick: bool) -> Iterator[Context]:
+    tmp = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    base_env = {key: v for key, v in os.environ.items() if not key.startswith(("ORCHESTRATOR_", "REDIS_"))}
+    base_env.update(
+        {
+            SESSION_VAR: SESSION,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DOMAIN": "kanban.localhost",
+            "PORTAL_API_URL": "https://kanban.localhost/api",
+        }
+    )
+    redis = RedisServer(tmp / "redis")
+    ctx = Context(tmp=tmp, redis=redis, quick=quick, base_env=base_env)
+    try:
+        redis.start()
+        log(f"redis-server on {redis.url}, temp folder {tmp}")
+        yield ctx
+    finally:
+        for worker in ctx.workers:
+            worker.stop()
+        if ctx._r is not None:
+            with contextlib.suppress(Exception):
+                ctx._r.close()
+        redis.stop()
+        left = session_processes()
+        if left:
+            log(f"cleanup: {len(left)} processes left behind: {[p.pid for p in left]}; killing them")
+            for proc in left:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            psutil.wait_procs(left, timeout=5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (about a minute and a half)")
+    parser.add_argument("--only", choices=NAMES, action="append", help="run only this benchmark (repeatable)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    selected = [n for n in NAMES if not args.only or n in args.only]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    machine = machine_info()
+    results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    with environment(args.quick) as ctx:
+        for name in selected:
+            log(f"{name}: start")
+            t0 = time.perf_counter()
+            try:
+                results[name] = BENCHMARKS[name](ctx)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # one broken benchmark does not hide the others
+                log(f"{name}: FAILED: {exc!r}")
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[name]["duration_s"] = round(time.perf_counter() - t0, 1)
+            log(f"{name}: done in {results[name]['duration_s']}s")
+    leftovers = len(session_processes())
+    targets: list[dict[str, Any]] = []
+    for res in results.values():
+        res["targets"] = [t.as_dict() if isinstance(t, Target) else t for t in res.get("targets", [])]
+        targets.extend(res["targets"])
+    failed_benchmarks = [name for name, res in results.items() if "error" in res]
+    report = {
+        "machine": machine,
+        "mode": "quick" if args.quick else "full",
+        "only": args.only or None,
+        "total_s": round(time.perf_counter() - started, 1),
+        "benchmarks": results,
+        "targets": targets,
+        "errors": failed_benchmarks,
+        "leftover_processes": leftovers,
+        "loadavg_at_end": list(os.getloadavg()),
+        "all_passed": bool(targets) and all(t["pass"] for t in targets) and not failed_benchmarks,
+    }
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(results)
+    print(
+        f"nproc {machine['nproc']}, python {machine['python']}, ansible-core {machine['ansible_core']}; "
+        f"total {report['total_s']} s; leftover processes {leftovers}; results in {args.output}"
+    )
+    failing = [t["name"] for t in targets if not t["pass"]] + [f"{n} (error)" for n in failed_benchmarks]
+    print("all targets met" if not failing else "FAILING: " + "; ".join(failing))
+    return 0 if report["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
