@@ -18,6 +18,23 @@ ENV
 }
 
 redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; }
+docker_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+# There is no systemd here: dockerd runs in the background, started by us (and stopped by its PID file)
+# unless an engine already answers. No forwarding or masquerading: containers reach loopback-published
+# ports and each other on their project networks, nothing else.
+start_docker() {
+  if docker_up; then
+    echo "services: docker engine already running" >&2
+  else
+    setsid dockerd --ip-forward=false --ip-masq=false --pidfile "$RUN/dockerd.pid" \
+      >"$RUN/dockerd.log" 2>&1 </dev/null &
+    for _ in $(seq 150); do docker_up && break; sleep 0.2; done
+    docker_up || { echo "services: dockerd did not start, see $RUN/dockerd.log" >&2; exit 1; }
+    echo "services: docker engine started" >&2
+  fi
+  bash scripts/build-images.sh >&2
+}
 
 start() {
   mkdir -p "$RUN/redis" "$RUN/data" "$RUN/state"
@@ -31,11 +48,21 @@ start() {
   else
     echo "services: redis already running on 127.0.0.1:$REDIS_PORT" >&2
   fi
+  start_docker
   env_lines >"$RUN/env"
   env_lines
 }
 
 stop() {
+  if [ -f "$RUN/dockerd.pid" ]; then
+    pid=$(cat "$RUN/dockerd.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      echo "services: docker engine stopped" >&2
+    fi
+    rm -f "$RUN/dockerd.pid"
+  fi
   if [ -f "$RUN/redis.pid" ]; then
     pid=$(cat "$RUN/redis.pid")
     if kill -0 "$pid" 2>/dev/null; then

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-APT_PACKAGES=(redis-server git make python3 python3-venv python3-pip procps ca-certificates)
+APT_PACKAGES=(redis-server git make python3 python3-venv python3-pip procps ca-certificates
+  docker.io tini iptables busybox-static)
 UV_VERSION=0.13.9
 
 missing=()
@@ -23,6 +24,26 @@ if ((${#missing[@]})); then
   trap '[ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Compose v2: bookworm's docker-compose is v1, trixie's is v2 (a static binary needing only libc). Take
+# that one package from trixie, pinned low so nothing else leaves bookworm. The mirror is the one this
+# machine's own apt sources already use.
+if ! [ -x /usr/libexec/docker/cli-plugins/docker-compose ]; then
+  echo "setup: installing compose v2 (docker-compose from trixie)"
+  uri=$(grep -h -m1 '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' || true)
+  [ -n "$uri" ] || uri=$(grep -h -m1 -E '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' || true)
+  [ -n "$uri" ] || { echo "setup: no Debian mirror found in the apt sources" >&2; exit 1; }
+  cat >/etc/apt/sources.list.d/orchestrator-trixie.sources <<SRC
+Types: deb
+URIs: $uri
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' >/etc/apt/preferences.d/orchestrator-trixie
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose/trixie >/dev/null
 fi
 
 # A private bootstrap environment with uv (and pip, used to fetch the collections wheel).
