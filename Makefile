@@ -11,7 +11,7 @@ help:
 	@echo "make demo      set up, start services, run a worker with real tasks and live progress"
 	@echo "make test      set up and run the whole suite: lint, unit, integration, molecule"
 	@echo "make setup     install everything (idempotent)"
-	@echo "make services  start Redis on loopback (idempotent); prints the environment to use"
+	@echo "make services  start Redis on loopback and the Docker engine (idempotent); environment in .run/env"
 	@echo "make services-stop   stop what make services started"
 	@echo "make bench     benchmarks -> bench/results.json"
 
@@ -19,7 +19,7 @@ setup:
 	@bash scripts/setup.sh
 
 services: setup
-	@bash scripts/services.sh start
+	@bash scripts/services.sh start >/dev/null
 
 services-stop:
 	@bash scripts/services.sh stop
@@ -27,7 +27,8 @@ services-stop:
 demo: setup
 	@bash scripts/demo.sh
 
-test: setup
+# The suite needs the Docker engine and the stand-in images (make services); it starts its own Redis.
+test: services
 	@$(MAKE) --no-print-directory lint unit integration molecule
 	@echo "make test: all suites passed"
 
@@ -49,7 +50,7 @@ integration:
 molecule:
 	bash scripts/molecule-all.sh
 
-bench: setup
+bench: services
 	$(VENV)/python bench/run.py
 
 schemas:

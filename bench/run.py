@@ -11,6 +11,7 @@ Benchmarks (NAME for --only):
   cancel    cancel request -> no process of the run left, and -> final task.cancelled message
   events    event pipeline throughput: runner thread -> Worker._event_sink -> Publisher -> Redis
   memory    idle worker RSS (the RSS of the workers of overhead/dispatch/cancel is reported too)
+  compose   docker_compose_v2 up / idempotent up / restart / stop / down (Ansible task durations)
 
 Only Python's clocks (time.perf_counter) and /proc are used for measurements. Machines are noisy:
 the figures that matter are ratios and percentiles over repeated, interleaved runs.
@@ -60,7 +61,7 @@ BIN = Path(sys.executable).parent
 # finds leftovers by it, whoever their parent is now.
 SESSION_VAR = "ORCHESTRATOR_BENCH_SESSION"
 SESSION = uuid.uuid4().hex
-NAMES = ("overhead", "dispatch", "cancel", "events", "memory")
+NAMES = ("overhead", "dispatch", "cancel", "events", "memory", "compose")
 FINAL_TYPES = frozenset(k.FINAL_MESSAGES.values())
 CANCEL_SLEEP_TASK = "Sleep with a forked child"
 
@@ -873,6 +874,65 @@ def bench_memory(ctx: Context) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------------------------- 6. compose
+
+COMPOSE_STATES = ("up", "idempotent up", "restart", "stop", "down")
+COMPOSE_FILE = """services:
+  api:
+    image: kanban-team-api:latest
+    pull_policy: never
+    init: true
+  web:
+    image: kanban-team-web:latest
+    pull_policy: never
+    init: true
+"""
+
+
+def bench_compose(ctx: Context) -> dict[str, Any]:
+    """docker_compose_v2 up / idempotent up / restart / stop / down, each timed by Ansible (task duration)."""
+    import ansible_runner  # noqa: PLC0415
+
+    rounds = 2 if ctx.quick else 5
+    durations: dict[str, list[float]] = {state: [] for state in COMPOSE_STATES}
+    for index in range(rounds):
+        project_dir = ctx.tmp / f"compose-{index}"
+        project_dir.mkdir()
+        (project_dir / "docker-compose.yml").write_text(COMPOSE_FILE)
+        (ctx.tmp / f"compose-run-{index}").mkdir()
+        seen: dict[str, float] = {}
+
+        def handler(event: dict[str, Any], seen: dict[str, float] = seen) -> bool:
+            data = event.get("event_data") or {}
+            if event.get("event") == "runner_on_ok" and data.get("task") in COMPOSE_STATES:
+                seen[str(data["task"])] = float(data.get("duration") or 0)
+            return False
+
+        result = ansible_runner.run(
+            private_data_dir=str(ctx.tmp / f"compose-run-{index}"),
+            project_dir=str(ROOT),
+            playbook=str(ROOT / "bench" / "playbooks" / "compose-states.yml"),
+            inventory=str(ROOT / "inventory"),
+            quiet=True,
+            event_handler=handler,
+            extravars={"project_dir": str(project_dir), "project_name": f"bench-compose-{uuid.uuid4().hex[:8]}"},
+            envvars={
+                "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+        )
+        if result.status != "successful" or set(seen) != set(COMPOSE_STATES):
+            raise RuntimeError(f"compose round {index} ended {result.status} with {sorted(seen)}")
+        for state, seconds in seen.items():
+            durations[state].append(seconds)
+        log(f"compose: round {index + 1}/{rounds}: " + ", ".join(f"{k} {v:.2f}s" for k, v in seen.items()))
+    return {
+        "rounds": rounds,
+        "median_s": {state: round(statistics.median(v), 3) for state, v in durations.items()},
+        "all_s": durations,
+    }
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -881,6 +941,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "cancel": bench_cancel,
     "events": bench_events,
     "memory": bench_memory,
+    "compose": bench_compose,
 }
 
 
@@ -972,6 +1033,16 @@ def row_lines(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
                 (
                     "events: feed / drain after feed",
                     f"{res['feed_s']:.2f} s / {res['drain_after_feed_s']:.2f} s for {res['events']} events",
+                    "",
+                    "",
+                )
+            )
+        elif name == "compose":
+            medians = res["median_s"]
+            rows.append(
+                (
+                    "compose: docker_compose_v2 median (s)",
+                    " / ".join(f"{state} {medians[state]:.2f}" for state in COMPOSE_STATES),
                     "",
                     "",
                 )

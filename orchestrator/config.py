@@ -79,6 +79,7 @@ class Settings(BaseSettings):
         return {
             "ANSIBLE_CONFIG": str(self.project_dir / "ansible.cfg"),
             "ORCHESTRATOR_DATA_DIR": str(self.data_dir),
+            "DOCKER_HOST": self.docker_host,
             "DOMAIN": self.domain,
             "PORTAL_API_URL": self.portal_api_url,
         }
