@@ -13,9 +13,20 @@ from dataclasses import dataclass
 
 # matcher -> (min args, max args); v2 allows several values for Host/Path*, v3 exactly one.
 MATCHERS = {
-    "Host": (1, 64), "HostRegexp": (1, 64), "Path": (1, 64), "PathPrefix": (1, 64), "PathRegexp": (1, 1),
-    "Method": (1, 8), "Header": (2, 2), "HeaderRegexp": (2, 2), "Query": (1, 2), "QueryRegexp": (2, 2),
-    "ClientIP": (1, 64), "HostSNI": (1, 64), "Headers": (2, 2), "HeadersRegexp": (2, 2),
+    "Host": (1, 64),
+    "HostRegexp": (1, 64),
+    "Path": (1, 64),
+    "PathPrefix": (1, 64),
+    "PathRegexp": (1, 1),
+    "Method": (1, 8),
+    "Header": (2, 2),
+    "HeaderRegexp": (2, 2),
+    "Query": (1, 2),
+    "QueryRegexp": (2, 2),
+    "ClientIP": (1, 64),
+    "HostSNI": (1, 64),
+    "Headers": (2, 2),
+    "HeadersRegexp": (2, 2),
 }
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 TOKEN = re.compile(r"\s*(?:(?P<op>&&|\|\||[!(),])|(?P<name>[A-Za-z]+)|`(?P<bt>[^`]*)`|\"(?P<dq>(?:[^\"\\]|\\.)*)\")")
@@ -38,7 +49,7 @@ def _tokens(rule: str) -> list[tuple[str, str]]:
             break
         match = TOKEN.match(rule, pos)
         if not match:
-            raise RuleError(f"unexpected text at {pos}: {rule[pos:pos + 20]!r}")
+            raise RuleError(f"unexpected text at {pos}: {rule[pos : pos + 20]!r}")
         if match.group("op"):
             out.append(("op", match.group("op")))
         elif match.group("name"):

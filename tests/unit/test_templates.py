@@ -38,8 +38,12 @@ def router_rules(compose: dict[str, object]) -> dict[str, str]:
 @settings(max_examples=50, deadline=None)
 @given(slug=SLUGS)
 def test_team_template_rules_parse(slug: str) -> None:
-    compose = render("team-compose.yml.j2", team_slug=slug, domain="kanban.example.com",
-                     portal_api_url="https://kanban.example.com/api")
+    compose = render(
+        "team-compose.yml.j2",
+        team_slug=slug,
+        domain="kanban.example.com",
+        portal_api_url="https://kanban.example.com/api",
+    )
     rules = router_rules(compose)
     assert set(rules) == {f"traefik.http.routers.{slug}-api.rule", f"traefik.http.routers.{slug}-web.rule"}
     for rule in rules.values():
@@ -49,26 +53,46 @@ def test_team_template_rules_parse(slug: str) -> None:
 
 
 def test_agent_template_rules_parse() -> None:
-    compose = render("agent-compose.yml.j2", workspace_slug="web", branch="s1", webhook_secret="x" * 20,
-                     kanban_api_url="https://a/api", llm_provider="claude", agent_name="web-agent-s1",
-                     agent_subdomain="web-s1", domain="kanban.example.com")
+    compose = render(
+        "agent-compose.yml.j2",
+        workspace_slug="web",
+        branch="s1",
+        webhook_secret="x" * 20,
+        kanban_api_url="https://a/api",
+        llm_provider="claude",
+        agent_name="web-agent-s1",
+        agent_subdomain="web-s1",
+        domain="kanban.example.com",
+    )
     for rule in router_rules(compose).values():
         parse_rule(rule)
 
 
-@pytest.mark.parametrize("rule", [
-    "Host(`a.example.com`) && PathPrefix(`/api`)",
-    "(Host(`a.b`) || Host(`c.d`)) && !Method(`POST`)",
-    'Host("a.example.com")',
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "Host(`a.example.com`) && PathPrefix(`/api`)",
+        "(Host(`a.b`) || Host(`c.d`)) && !Method(`POST`)",
+        'Host("a.example.com")',
+    ],
+)
 def test_valid_rules(rule: str) -> None:
     parse_rule(rule)
 
 
-@pytest.mark.parametrize("rule", [
-    "", "Host(`a.b`", "Hots(`a.b`)", "Host(`bad_host!`)", "Host(`a.b`) &&", "PathPrefix(`api`)",
-    "Host(`a.b`) Host(`c.d`)", "Header(`x`)",
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "",
+        "Host(`a.b`",
+        "Hots(`a.b`)",
+        "Host(`bad_host!`)",
+        "Host(`a.b`) &&",
+        "PathPrefix(`api`)",
+        "Host(`a.b`) Host(`c.d`)",
+        "Header(`x`)",
+    ],
+)
 def test_invalid_rules(rule: str) -> None:
     with pytest.raises(RuleError):
         parse_rule(rule)
