@@ -199,7 +199,7 @@ class Worker:
                 if held is None:
                     break
                 took += 1
-                self._spawn(self._handle(held))
+                self._spawn(self._guarded(held))
             if self.burst and not took and not self._handlers and not await self._queues_have_work():
                 return
             with contextlib.suppress(TimeoutError):
@@ -227,6 +227,36 @@ class Worker:
         task.add_done_callback(done)
 
     # ------------------------------------------------------------------ one task
+
+    async def _guarded(self, held: Held, *, recovered: bool = False) -> None:
+        """Handle a task; on an unexpected error, re-queue it (or fail it once it keeps failing) so that it
+        never stays held by a live worker with no one working on it."""
+        try:
+            await self._handle(held, recovered=recovered)
+        except Exception as exc:
+            log.exception("internal error while handling a task")
+            error = exc
+            await self._with_redis_retry(lambda: self._salvage(held, error))
+
+    async def _salvage(self, held: Held, exc: Exception) -> bool:
+        try:
+            task = parse_task(held.body, max_bytes=self.settings.max_body_bytes)
+        except TaskRejected:
+            return await self.queue.drop(held, deadletter=dumps({"error": f"internal error: {exc!r}"}))
+        running = self._running.pop(task.id, None) or Running(
+            task=task, route=route_for(task), held=held, line=line_of(task.type.value, task.envelope.resource_id)
+        )
+        running.token.set("internal error")
+        recoveries = int(await self.redis.hincrby(k.task_key(task.id), "recoveries", 1))
+        if recoveries > self.settings.max_recoveries:
+            await self._finish(
+                running,
+                TaskStatus.FAILED,
+                f"internal error: {self.redactor.redact(repr(exc))}",
+                resource_status=ResourceStatus.FAILED.value,
+            )
+            return True
+        return await self.queue.requeue(held, task_id=task.id)
 
     async def _handle(self, held: Held, *, recovered: bool = False) -> None:
         try:
@@ -660,7 +690,7 @@ class Worker:
         while True:
             try:
                 for held in await self.queue.adopt_orphans():
-                    self._spawn(self._handle(held, recovered=True))
+                    self._spawn(self._guarded(held, recovered=True))
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.error("reaper failed: %s", exc)
             await asyncio.sleep(self.settings.reap_interval)
