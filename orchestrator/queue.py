@@ -65,25 +65,35 @@ end
 return {entry, line, joined}
 """
 
-CLAIM_SCRIPT = """
+# Lua helper shared by the scripts that write several hash fields given as one JSON object.
+HSET_ALL = """
+local function hset_all(key, fields)
+  local flat = {}
+  for name, value in pairs(fields) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', key, unpack(flat))
+end
+"""
+
+CLAIM_SCRIPT = (
+    HSET_ALL
+    + """
 -- KEYS: 1 task hash, 2 line. ARGV: 1 worker id, 2 task id, 3 fields (json)
 -- Returns {1, cancel flag} when claimed, {0, holder, status} when the id was already taken.
 if redis.call('HSETNX', KEYS[1], 'worker', ARGV[1]) == 0 then
   return {0, redis.call('HGET', KEYS[1], 'worker') or '', redis.call('HGET', KEYS[1], 'status') or ''}
 end
 local fields = cjson.decode(ARGV[3])
-local flat = {}
-for name, value in pairs(fields) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-redis.call('HSET', KEYS[1], unpack(flat))
+hset_all(KEYS[1], fields)
 -- A re-queued task keeps its place in its resource's line, so later tasks of that resource wait for it.
 if KEYS[2] ~= '' and not redis.call('LPOS', KEYS[2], ARGV[2]) then
   redis.call('RPUSH', KEYS[2], ARGV[2])
 end
 return {1, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
 """
+)
 
 REQUEUE_SCRIPT = """
 -- KEYS: 1 processing, 2 queue, 3 task hash (or ''). ARGV: 1 held entry, 2 raw body

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from orchestrator import constants as k
 from orchestrator.constants import TaskStatus
+from orchestrator.queue import HSET_ALL
 from orchestrator.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-FINISH_SCRIPT = """
+FINISH_SCRIPT = (
+    HSET_ALL
+    + """
 -- KEYS: 1 processing list, 2 task hash, 3 line (or ''), 4 task stream, 5 global stream, 6 recent zset
 -- ARGV: 1 held entry, 2 hash fields (json), 3 retention s, 4 task stream maxlen, 5 global maxlen,
 --       6 finished-at score, then (channel, published message, task-stream copy) triples
@@ -57,12 +60,7 @@ if ARGV[1] ~= '' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return 0
 end
 local fields = cjson.decode(ARGV[2])
-local flat = {}
-for name, value in pairs(fields) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-redis.call('HSET', KEYS[2], unpack(flat))
+hset_all(KEYS[2], fields)
 if KEYS[3] ~= '' then
   redis.call('LREM', KEYS[3], 0, fields['task_id'] or '')
 end
@@ -79,6 +77,7 @@ redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[6], ARGV[6], fields['task_id'] or '')
 return 1
 """
+)
 
 
 class Publisher:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the local stand-ins for the seed's images, offline (no registry is reachable here):
-# a base imported from Debian's busybox-static, then one small image per name in images/<name>/.
+# a base imported from Debian's busybox-static, then images/stand-in built once per name.
 # In production these names point at the real images; nothing in the roles depends on the stand-ins.
 # Idempotent: an image is rebuilt only when its folder changed (content hash in a label).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=orchestrator/busybox-base:local
+NAMES=(kanban-team-api kanban-team-web kanban-agents)
 
 hash_of() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
 
@@ -25,14 +26,13 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   echo "images: imported $BASE from busybox-static"
 fi
 
-for dir in images/*/; do
-  name=$(basename "$dir")
+want=$(hash_of images/stand-in)
+for name in "${NAMES[@]}"; do
   tag="$name:latest"
-  want=$(hash_of "$dir")
   have=$(docker image inspect -f '{{ index .Config.Labels "orchestrator.source-hash" }}' "$tag" 2>/dev/null || true)
   if [ "$have" != "$want" ]; then
-    docker build -q --network none --build-arg BASE="$BASE" --label "orchestrator.source-hash=$want" \
-      -t "$tag" "$dir" >/dev/null
+    docker build -q --network none --build-arg BASE="$BASE" --build-arg NAME="$name" \
+      --label "orchestrator.source-hash=$want" -t "$tag" images/stand-in >/dev/null 2>&1
     echo "images: built $tag"
   fi
 done

@@ -53,25 +53,22 @@ start() {
   env_lines
 }
 
+# Stop a process we started, by its PID file (never one we did not start).
+stop_pidfile() {
+  local pidfile=$1 name=$2 pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "services: $name stopped" >&2
+  fi
+  rm -f "$pidfile"
+}
+
 stop() {
-  if [ -f "$RUN/dockerd.pid" ]; then
-    pid=$(cat "$RUN/dockerd.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid"
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      echo "services: docker engine stopped" >&2
-    fi
-    rm -f "$RUN/dockerd.pid"
-  fi
-  if [ -f "$RUN/redis.pid" ]; then
-    pid=$(cat "$RUN/redis.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid"
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      echo "services: redis stopped" >&2
-    fi
-    rm -f "$RUN/redis.pid"
-  fi
+  stop_pidfile "$RUN/dockerd.pid" "docker engine"
+  stop_pidfile "$RUN/redis.pid" redis
 }
 
 case "${1:-start}" in
