@@ -132,7 +132,46 @@ def session_processes() -> list[psutil.Process]:
 
 
 def new_slug() -> str:
-    return "b" + uuid.uuid4().hex[:12]
+    """Team slugs of the benchmark: `bench-` and a random part (their compose projects are `team-bench-...`)."""
+    return "bench-" + uuid.uuid4().hex[:12]
+
+
+def _bench_objects(kind: str) -> list[str]:
+    """Ids of the containers or networks that belong to a compose project `team-bench-...`."""
+    listed = subprocess.run(
+        ["docker", kind, "ls", "-aq" if kind == "container" else "-q", "--filter", "label=com.docker.compose.project"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    found = []
+    for ident in listed:
+        project = subprocess.run(
+            [
+                "docker",
+                kind,
+                "inspect",
+                "-f",
+                '{{ index .Labels "com.docker.compose.project" }}'
+                if kind == "network"
+                else '{{ index .Config.Labels "com.docker.compose.project" }}',
+                ident,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if project.startswith("team-bench-"):
+            found.append(ident)
+    return found
+
+
+def remove_bench_teams() -> None:
+    """Remove the containers and networks of every team the benchmark provisioned, and nothing else."""
+    for kind, verb in (("container", ["rm", "-f"]), ("network", ["rm"])):
+        doomed = _bench_objects(kind)
+        if doomed:
+            subprocess.run(["docker", kind, *verb, *doomed], capture_output=True, check=False)
 
 
 def log(message: str) -> None:
@@ -505,6 +544,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
     finally:
         sub.close()
         worker.stop()
+        remove_bench_teams()
     median_ratio = statistics.median(ratios)
     # A pair is disturbed when either side took 1.5x its side's median: machine noise, not the engine.
     o_med = statistics.median(r["wall"] for r in orch_runs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -10,11 +11,11 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from tests.conftest import Env, Subscriber, envelope, push, task_hash
+from tests.conftest import Env, Subscriber, envelope, push, task_hash, wait_final, wait_for
 
 pytestmark = pytest.mark.integration
 
-SLUGS = ("dk-alpha", "dk-beta", "dk-down")
+SLUGS = ("dk-alpha", "dk-beta", "dk-down", "dk-phoenix")
 
 
 def docker(*args: str) -> str:
@@ -116,3 +117,27 @@ def test_engine_down_fails_clearly_and_leaves_nothing(env: Env, redis: redis_lib
     assert "Docker engine is not reachable" in record["error"], record["error"]
     assert not (env.data_dir / "teams" / "dk-down").exists()
     assert states("team-dk-down") == {}
+
+
+def test_provision_killed_mid_compose_up_converges_after_recovery(env: Env, redis: redis_lib.Redis) -> None:
+    lease = {
+        "ORCHESTRATOR_LEASE_TTL": "2",
+        "ORCHESTRATOR_HEARTBEAT_INTERVAL": "0.5",
+        "ORCHESTRATOR_REAP_INTERVAL": "0.5",
+    }
+    first = env.start_worker(**lease)
+    push(redis, envelope("p-phoenix", "team.provision", {"team_slug": "dk-phoenix"}, resource="dk-phoenix"))
+    wait_for(
+        lambda: "containers" in task_hash(redis, "p-phoenix").get("message", ""),
+        90,
+        interval=0.02,
+        what="the compose up step",
+    )
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    env.start_worker(**lease)
+    record = wait_final(redis, "p-phoenix", 120)
+    assert record["status"] == "completed", record
+    assert record["recoveries"] == "1"
+    running = states("team-dk-phoenix")
+    assert len(running) == 2 and all(s == "running/healthy" for s in running.values()), running

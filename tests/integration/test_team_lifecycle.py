@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
+import yaml
 
 from orchestrator import constants as k
 from tests.conftest import Env, Subscriber, envelope, push, stream_messages, task_hash
@@ -31,7 +32,7 @@ def test_provision_restart_suspend_delete(env: Env, redis: redis_lib.Redis) -> N
         root = team_dir(env, "acme")
         compose = (root / "docker-compose.yml").read_text()
         assert "Host(`acme.kanban.localhost`)" in compose
-        assert "acme-api:" in compose and "version:" not in compose
+        assert "acme-api:" in compose and "version" not in yaml.safe_load(compose)
         assert json.loads((root / "data" / "acme" / "db.json").read_text()) == {"_default": {}} or isinstance(
             json.loads((root / "data" / "acme" / "db.json").read_text()), dict
         )
@@ -114,15 +115,30 @@ def test_restart_of_unprovisioned_team_fails_clearly(env: Env, redis: redis_lib.
 
 def test_unimplemented_types_fail_clearly(env: Env, redis: redis_lib.Redis) -> None:
     push(redis, envelope("w-1", "workspace.provision", {"team_slug": "acme", "workspace_slug": "web"}))
-    push(
-        redis,
-        envelope("s-1", "sandbox.agent.restart", {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}),
-    )
+    push(redis, envelope("s-1", "sandbox.delete", {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}))
     env.run_burst()
-    for task_id, name in (("w-1", "workspace.provision"), ("s-1", "sandbox.agent.restart")):
+    for task_id, name in (("w-1", "workspace.provision"), ("s-1", "sandbox.delete")):
         record = task_hash(redis, task_id)
         assert record["status"] == "failed"
         assert f"{name} is not implemented yet" in record["error"]
+
+
+def test_agent_restart_in_on_demand_mode(env: Env, redis: redis_lib.Redis) -> None:
+    with Subscriber(redis, "sandbox:status") as sub:
+        push(
+            redis,
+            envelope(
+                "a-1",
+                "sandbox.agent.restart",
+                {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"},
+                resource="sb-1",
+            ),
+        )
+        env.run_burst()
+    assert task_hash(redis, "a-1")["status"] == "completed"
+    [status] = sub.on("sandbox:status")
+    assert (status["type"], status["status"]) == ("restart", "active")
+    assert status["metadata"] == {"agent_mode": "on-demand", "stopped_runs": 0}
 
 
 def test_two_teams_at_once_are_isolated(env: Env, redis: redis_lib.Redis) -> None:
