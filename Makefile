@@ -33,8 +33,8 @@ test: services
 	@echo "make test: all suites passed"
 
 lint:
-	ruff check orchestrator tests bench scripts collections
-	ruff format --check orchestrator tests bench scripts collections
+	ruff check orchestrator devservices tests bench scripts collections
+	ruff format --check orchestrator devservices tests bench scripts collections
 	mypy
 	ansible-lint -q
 	@$(VENV)/python -m orchestrator.cli schemas --out .cache/schemas-check >/dev/null && \

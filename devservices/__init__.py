@@ -1,0 +1,1 @@
+"""Local stand-ins for the external services the orchestrator talks to, for tests and demos."""

@@ -1,0 +1,1 @@
+"""A local GitHub: the REST subset the orchestrator uses, over real bare git repositories."""
