@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     docker_host: str = Field(default="unix:///var/run/docker.sock", validation_alias="DOCKER_HOST")
     github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")
     github_org: str | None = Field(default=None, validation_alias="GITHUB_ORG")
+    github_api_url: str = Field(default="https://api.github.com", validation_alias="GITHUB_API_URL")
+    github_template: str = Field(default="kanban/workspace-template", validation_alias="GITHUB_TEMPLATE_REPO")
     azure_client_id: str | None = Field(default=None, validation_alias="AZURE_CLIENT_ID")
     azure_client_secret: SecretStr | None = Field(default=None, validation_alias="AZURE_CLIENT_SECRET")
     azure_tenant_id: str | None = Field(default=None, validation_alias="AZURE_TENANT_ID")

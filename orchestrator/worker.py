@@ -444,8 +444,23 @@ class Worker:
             "orchestrator_data_dir": str(self.settings.data_dir),
             "orchestrator_domain": self.settings.domain,
             "orchestrator_portal_api_url": self.settings.portal_api_url,
+            **self._service_vars(),
             **extra,
         }
+
+    def _service_vars(self) -> dict[str, Any]:
+        """Where the roles reach outside services. Secrets travel only in the run's private vars file
+        (mode 0600, removed with the run), never in the environment or on a command line."""
+        settings = self.settings
+        values: dict[str, Any] = {
+            "orchestrator_github_api_url": settings.github_api_url,
+            "orchestrator_github_template": settings.github_template,
+        }
+        if settings.github_org:
+            values["orchestrator_github_org"] = settings.github_org
+        if settings.github_token is not None:
+            values["orchestrator_github_token"] = settings.github_token.get_secret_value()
+        return values
 
     def _event_sink(self, ref: TaskRef, tracker: ProgressTracker | None) -> Callable[[dict[str, Any]], None]:
         """Runs in ansible-runner's thread: translate, then hand over to the loop without waiting."""
