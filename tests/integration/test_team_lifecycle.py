@@ -113,14 +113,12 @@ def test_restart_of_unprovisioned_team_fails_clearly(env: Env, redis: redis_lib.
     assert [m["status"] for m in sub.on("team:status")] == ["failed"]
 
 
-def test_unimplemented_types_fail_clearly(env: Env, redis: redis_lib.Redis) -> None:
+def test_workspace_without_github_settings_fails_clearly(env: Env, redis: redis_lib.Redis) -> None:
     push(redis, envelope("w-1", "workspace.provision", {"team_slug": "acme", "workspace_slug": "web"}))
-    push(redis, envelope("s-1", "sandbox.delete", {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}))
-    env.run_burst()
-    for task_id, name in (("w-1", "workspace.provision"), ("s-1", "sandbox.delete")):
-        record = task_hash(redis, task_id)
-        assert record["status"] == "failed"
-        assert f"{name} is not implemented yet" in record["error"]
+    env.run_burst(GITHUB_API_URL="http://127.0.0.1:1", GITHUB_ORG="")
+    record = task_hash(redis, "w-1")
+    assert record["status"] == "failed"
+    assert "GitHub settings are invalid" in record["error"], record["error"]
 
 
 def test_agent_restart_in_on_demand_mode(env: Env, redis: redis_lib.Redis) -> None:
