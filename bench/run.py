@@ -454,6 +454,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
     bare_dir = ctx.tmp / "overhead-bare"
     bare_data = bare_dir / "data"
     bare_data.mkdir(parents=True, exist_ok=True)
+    bare_log = bare_dir / "ansible-playbook.log"
     bare_env = {
         **ctx.base_env,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -510,14 +511,15 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
                 cwd=ROOT,
                 env=bare_env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=bare_log.open("ab"),
+                stderr=subprocess.STDOUT,
             )
             _pid, wait_status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
             proc.returncode = os.waitstatus_to_exitcode(wait_status)
             if proc.returncode != 0:
-                raise RuntimeError(f"bare ansible-playbook exited {proc.returncode}")
+                tail = " | ".join(bare_log.read_text(errors="replace").strip().splitlines()[-6:])
+                raise RuntimeError(f"bare ansible-playbook exited {proc.returncode}: {tail}")
             if not (bare_data / "teams" / slug).is_dir():
                 raise RuntimeError(f"bare run did not create the team directory of {slug}")
             return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime}

@@ -179,6 +179,46 @@ def env(redis: redis_lib.Redis, redis_server: RedisServer, tmp_path: Path, plans
         if worker.process.poll() is None:
             worker.process.kill()
             worker.process.wait(10)
+    remove_compose_projects_under(tmp_path)
+
+
+def remove_compose_projects_under(root: Path) -> None:
+    """Remove the containers, networks and volumes of every compose project whose files lived under `root`
+    (a test's own folder), so that no test leaves a running team behind."""
+    if not shutil.which("docker"):
+        return
+    label = "com.docker.compose.project.working_dir"
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    projects = set()
+    for container in listed:
+        inspected = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "-f",
+                f'{{{{ index .Config.Labels "{label}" }}}}|{{{{ index .Config.Labels "com.docker.compose.project" }}}}',
+                container,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        working_dir, _, project = inspected.partition("|")
+        if working_dir.startswith(str(root)):
+            projects.add(project)
+    for project in projects:
+        filters = ["--filter", f"label=com.docker.compose.project={project}"]
+        for kind, remove in (("container", ["rm", "-f"]), ("network", ["rm"]), ("volume", ["rm", "-f"])):
+            ids = subprocess.run(
+                ["docker", kind, "ls", "-aq" if kind == "container" else "-q", *filters],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            if ids:
+                subprocess.run(["docker", kind, *remove, *ids], capture_output=True, check=False)
 
 
 def push(redis: redis_lib.Redis, body: bytes | str | dict[str, Any], *, queue: str = k.QUEUE_NORMAL) -> None:
