@@ -527,6 +527,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
         log("overhead: warm-up (the worker lists the playbook's tasks once)")
         warm_orch = orchestrated()
         warm_bare = bare()
+        remove_bench_teams()
         orch_runs: list[dict[str, float]] = []
         bare_runs: list[dict[str, float]] = []
         for i in range(pairs):
@@ -540,6 +541,7 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
                 f"overhead: pair {i + 1}/{pairs}: orchestrator {orch_runs[-1]['wall']:.3f}s, "
                 f"bare {bare_runs[-1]['wall']:.3f}s"
             )
+            remove_bench_teams()  # untimed: running teams' healthchecks would slow every later pair
         ratios = [o["wall"] / b["wall"] for o, b in zip(orch_runs, bare_runs, strict=True)]
         cpu_ratios = [o["cpu"] / b["cpu"] for o, b in zip(orch_runs, bare_runs, strict=True) if b["cpu"] > 0]
         memory_after = worker.memory()
