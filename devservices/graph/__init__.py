@@ -1,0 +1,1 @@
+"""A local Microsoft identity platform token endpoint and the Microsoft Graph applications subset."""
