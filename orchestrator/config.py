@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     azure_client_id: str | None = Field(default=None, validation_alias="AZURE_CLIENT_ID")
     azure_client_secret: SecretStr | None = Field(default=None, validation_alias="AZURE_CLIENT_SECRET")
     azure_tenant_id: str | None = Field(default=None, validation_alias="AZURE_TENANT_ID")
+    azure_authority_url: str = Field(
+        default="https://login.microsoftonline.com", validation_alias="AZURE_AUTHORITY_URL"
+    )
+    graph_api_url: str = Field(default="https://graph.microsoft.com/v1.0", validation_alias="GRAPH_API_URL")
 
     # The engine's own.
     data_dir: Path = Field(default=Path("/var/lib/orchestrator"), validation_alias="ORCHESTRATOR_DATA_DIR")

@@ -442,6 +442,7 @@ class Worker:
             "orchestrator_resource_id": env.resource_id,
             "orchestrator_user_id": env.user_id,
             "orchestrator_data_dir": str(self.settings.data_dir),
+            "orchestrator_state_dir": str(self.settings.state_dir),
             "orchestrator_domain": self.settings.domain,
             "orchestrator_portal_api_url": self.settings.portal_api_url,
             **self._service_vars(),
@@ -460,6 +461,14 @@ class Worker:
             values["orchestrator_github_org"] = settings.github_org
         if settings.github_token is not None:
             values["orchestrator_github_token"] = settings.github_token.get_secret_value()
+        values["orchestrator_azure_authority_url"] = settings.azure_authority_url
+        values["orchestrator_graph_api_url"] = settings.graph_api_url
+        if settings.azure_tenant_id:
+            values["orchestrator_azure_tenant_id"] = settings.azure_tenant_id
+        if settings.azure_client_id:
+            values["orchestrator_azure_client_id"] = settings.azure_client_id
+        if settings.azure_client_secret is not None:
+            values["orchestrator_azure_client_secret"] = settings.azure_client_secret.get_secret_value()
         return values
 
     def _event_sink(self, ref: TaskRef, tracker: ProgressTracker | None) -> Callable[[dict[str, Any]], None]:

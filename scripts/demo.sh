@@ -28,6 +28,40 @@ restart=$(orchestrator submit team.restart --payload '{"team_slug": "acme"}' --r
 orchestrator watch "$suspend" || true
 orchestrator watch "$restart" || true
 
+say "workspace.provision acme/web: a repository from the template, an app registration with its redirect URI"
+ws=$(orchestrator submit workspace.provision --payload '{"team_slug": "acme", "workspace_slug": "web"}' \
+  --resource ws-acme-web --user demo)
+orchestrator watch "$ws" || true
+
+say "sandbox.provision s1 and s2 of acme/web at once: a branch and a clone each, redirect URIs under the app's lock"
+s1=$(orchestrator submit sandbox.provision --payload '{"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}' \
+  --resource sb-acme-web-s1 --user demo)
+s2=$(orchestrator submit sandbox.provision --payload '{"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s2"}' \
+  --resource sb-acme-web-s2 --user demo)
+orchestrator watch "$s1" || true
+orchestrator watch "$s2" || true
+
+say "the app registration kanban-acme-web as the (local) Graph has it"
+python - <<'PY'
+import json, os, urllib.parse, urllib.request
+base = os.environ["AZURE_AUTHORITY_URL"]
+form = urllib.parse.urlencode({"client_id": os.environ["AZURE_CLIENT_ID"], "client_secret": os.environ["AZURE_CLIENT_SECRET"],
+                               "scope": "https://graph.microsoft.com/.default", "grant_type": "client_credentials"}).encode()
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+token = json.load(opener.open(f"{base}/{os.environ['AZURE_TENANT_ID']}/oauth2/v2.0/token", form))["access_token"]
+query = urllib.parse.urlencode({"$filter": "displayName eq 'kanban-acme-web'"}, quote_via=urllib.parse.quote)
+request = urllib.request.Request(f"{os.environ['GRAPH_API_URL']}/applications?{query}", headers={"Authorization": f"Bearer {token}"})
+for app in json.load(opener.open(request))["value"]:
+    print(f'appId {app["appId"]}  secrets {len(app["passwordCredentials"])}  redirect URIs:')
+    for uri in app["web"]["redirectUris"]:
+        print("   ", uri)
+PY
+
+say "sandbox.delete s2 (its redirect URI goes, s1's stays)"
+d2=$(orchestrator submit sandbox.delete --payload '{"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s2"}' \
+  --resource sb-acme-web-s2 --user demo)
+orchestrator watch "$d2" || true
+
 say "bad input: a slug that is not a DNS label gets a clear failed status"
 bad=$(orchestrator submit team.provision --payload '{"team_slug": "{{ lookup(\"pipe\", \"id\") }}"}' --user demo)
 orchestrator watch "$bad" || true
@@ -36,13 +70,13 @@ say "team.delete globex"
 delete=$(orchestrator submit team.delete --payload '{"team_slug": "globex"}' --resource team-globex --user demo)
 orchestrator watch "$delete" || true
 
-say "what the Portal saw on team:status (replayed from the orchestrator:events stream)"
+say "what the Portal saw on the status channels (replayed from the orchestrator:events stream)"
 python - <<'PY'
 import json, os
 import redis
 r = redis.Redis.from_url(os.environ["REDIS_URL"])
 for _id, fields in r.xrange("orchestrator:events"):
-    if fields[b"channel"] == b"team:status":
+    if fields[b"channel"] in (b"team:status", b"workspace:status", b"sandbox:status"):
         m = json.loads(fields[b"data"])
         meta = {k: ("<secret, %d chars>" % len(v) if k == "agent_webhook_secret" else v) for k, v in m["metadata"].items()}
         print(f'{m["timestamp"][11:19]}  {m["type"]:<9} {m["resource_id"]:<12} {m["status"]:<9} {m["error"] or ""} {meta}')

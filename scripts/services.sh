@@ -7,6 +7,16 @@ ROOT=$PWD
 RUN=$ROOT/.run
 REDIS_PORT=${ORCHESTRATOR_REDIS_PORT:-6390}
 GITHUB_PORT=${ORCHESTRATOR_GITHUB_PORT:-8770}
+GRAPH_PORT=${ORCHESTRATOR_GRAPH_PORT:-8771}
+# The orchestrator's identity in the local tenant (fixed ids; the secret is made once, 0600).
+AZURE_TENANT=5f1e0c2a-7b9d-4e3f-8a61-0c4d2b7e9f10
+AZURE_CLIENT=0b7c9e2d-3f4a-4c5b-9d6e-1a2b3c4d5e6f
+PEBBLE_PORT=${ORCHESTRATOR_PEBBLE_PORT:-14000}
+PEBBLE_MANAGEMENT_PORT=${ORCHESTRATOR_PEBBLE_MANAGEMENT_PORT:-15000}
+PEBBLE_DNS_PORT=${ORCHESTRATOR_PEBBLE_DNS_PORT:-8053}
+PEBBLE_CHALLTESTSRV_PORT=${ORCHESTRATOR_PEBBLE_CHALLTESTSRV_PORT:-8055}
+ACME_HTTP_PORT=${ORCHESTRATOR_ACME_HTTP_PORT:-5002}
+ACME_TLS_PORT=${ORCHESTRATOR_ACME_TLS_PORT:-5001}
 PY=$ROOT/.venv/bin/python
 
 env_lines() {
@@ -20,6 +30,15 @@ export GITHUB_API_URL=http://127.0.0.1:$GITHUB_PORT
 export GITHUB_TOKEN=$(cat "$RUN/github-token" 2>/dev/null)
 export GITHUB_ORG=kanban
 export GITHUB_TEMPLATE_REPO=kanban/workspace-template
+export AZURE_AUTHORITY_URL=http://127.0.0.1:$GRAPH_PORT
+export GRAPH_API_URL=http://127.0.0.1:$GRAPH_PORT/v1.0
+export AZURE_TENANT_ID=$AZURE_TENANT
+export AZURE_CLIENT_ID=$AZURE_CLIENT
+export AZURE_CLIENT_SECRET=$(cat "$RUN/azure-client-secret" 2>/dev/null)
+export ACME_DIRECTORY_URL=https://127.0.0.1:$PEBBLE_PORT/dir
+export ACME_CA_BUNDLE=$RUN/pebble/ca.pem
+export ACME_EMAIL=ops@kanban.localhost
+export ACME_WEBROOT=$RUN/acme-webroot
 ENV
 }
 
@@ -61,6 +80,85 @@ start_docker() {
   bash scripts/build-images.sh >&2
 }
 
+# Any HTTP answer (a 401 without a token) means the server is there.
+graph_up() { curl -sS -o /dev/null "http://127.0.0.1:$GRAPH_PORT/v1.0/applications" 2>/dev/null; }
+
+# The local Microsoft identity platform and Graph (devservices/graph): one tenant, the orchestrator's identity,
+# applications kept under .run/graph. The secret goes by file, never on a command line.
+start_graph() {
+  [ -s "$RUN/azure-client-secret" ] || { (umask 077; head -c 30 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN/azure-client-secret"); }
+  start_process "local Graph on 127.0.0.1:$GRAPH_PORT" "$RUN/graph.pid" "$RUN/graph.log" graph_up \
+    "$PY" -m devservices.graph --host 127.0.0.1 --port "$GRAPH_PORT" --data "$RUN/graph" \
+    --tenant "$AZURE_TENANT" --client-id "$AZURE_CLIENT" --client-secret-file "$RUN/azure-client-secret"
+}
+
+pebble_up() { curl -fsS -o /dev/null --cacert "$RUN/pebble/ca.pem" "https://127.0.0.1:$PEBBLE_PORT/dir" 2>/dev/null; }
+# Any HTTP answer (a 404 included) means the server is there.
+challtestsrv_up() { curl -sS -o /dev/null "http://127.0.0.1:$PEBBLE_CHALLTESTSRV_PORT/" 2>/dev/null; }
+acme_webroot_up() { curl -sS -o /dev/null "http://127.0.0.1:$ACME_HTTP_PORT/" 2>/dev/null; }
+
+# Start one background process of ours and wait for it to answer: name, pid file, log, up-check, command...
+start_process() {
+  local name=$1 pidfile=$2 log=$3 up=$4
+  shift 4
+  if "$up"; then
+    echo "services: $name already running" >&2
+    return 0
+  fi
+  setsid "$@" >"$log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  for _ in $(seq 100); do "$up" && break; sleep 0.1; done
+  "$up" || { echo "services: $name did not start, see $log" >&2; exit 1; }
+  echo "services: $name started" >&2
+}
+
+# The TLS certificate of Pebble's own HTTPS listeners (ACME and management), signed by a project test CA made
+# once: clients trust that CA through ACME_CA_BUNDLE, never the system store. Not the CA that signs the
+# certificates Pebble issues (Pebble makes a new one at every start, see /roots/0 on the management port).
+pebble_tls() {
+  local dir=$RUN/pebble
+  [ -s "$dir/ca.pem" ] && [ -s "$dir/cert.pem" ] && [ -s "$dir/key.pem" ] && return 0
+  (
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=orchestrator test CA for Pebble" -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+      -keyout "$dir/key.pem" -out "$dir/cert.csr"
+    printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'extendedKeyUsage=serverAuth' \
+      'basicConstraints=critical,CA:FALSE' 'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$dir/cert.ext"
+    openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 825 \
+      -extfile "$dir/cert.ext" -out "$dir/cert.pem"
+  ) 2>>"$dir/openssl.log"
+  rm -f "$dir/cert.csr" "$dir/cert.ext"
+  chmod 644 "$dir/ca.pem" "$dir/cert.pem"
+  echo "services: Pebble's listener certificate made under $dir" >&2
+}
+
+# Pebble, Let's Encrypt's test ACME server, with real validation: it resolves every name through
+# pebble-challtestsrv's DNS (answering 127.0.0.1 for all A queries, nothing for AAAA) and fetches HTTP-01
+# answers from a static server on ACME_HTTP_PORT that serves ACME_WEBROOT, as the edge would in production.
+# No random sleep before validating, no rejected nonces, no reused authorizations: fast and deterministic.
+start_pebble() {
+  mkdir -p "$RUN/pebble" "$RUN/acme-webroot/.well-known/acme-challenge"
+  pebble_tls
+  cat >"$RUN/pebble/pebble-config.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$PEBBLE_PORT", "managementListenAddress": "127.0.0.1:$PEBBLE_MANAGEMENT_PORT",
+  "certificate": "$RUN/pebble/cert.pem", "privateKey": "$RUN/pebble/key.pem", "httpPort": $ACME_HTTP_PORT,
+  "tlsPort": $ACME_TLS_PORT, "ocspResponderURL": "", "externalAccountBindingRequired": false,
+  "certificateValidityPeriod": 7776000}}
+JSON
+  start_process "pebble-challtestsrv on 127.0.0.1:$PEBBLE_DNS_PORT (DNS)" "$RUN/pebble-challtestsrv.pid" \
+    "$RUN/pebble-challtestsrv.log" challtestsrv_up \
+    pebble-challtestsrv -management "127.0.0.1:$PEBBLE_CHALLTESTSRV_PORT" -dns01 "127.0.0.1:$PEBBLE_DNS_PORT" \
+    -http01 "" -https01 "" -tlsalpn01 "" -defaultIPv4 127.0.0.1 -defaultIPv6 ""
+  start_process "ACME webroot server on 127.0.0.1:$ACME_HTTP_PORT" "$RUN/acme-webroot.pid" "$RUN/acme-webroot.log" \
+    acme_webroot_up busybox httpd -f -p "127.0.0.1:$ACME_HTTP_PORT" -h "$RUN/acme-webroot"
+  start_process "Pebble on 127.0.0.1:$PEBBLE_PORT" "$RUN/pebble.pid" "$RUN/pebble.log" pebble_up \
+    env -u PEBBLE_VA_ALWAYS_VALID PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
+    pebble -config "$RUN/pebble/pebble-config.json" -dnsserver "127.0.0.1:$PEBBLE_DNS_PORT"
+}
+
 start() {
   mkdir -p "$RUN/redis" "$RUN/data" "$RUN/state"
   if ! redis_up; then
@@ -75,6 +173,8 @@ start() {
   fi
   start_docker
   start_github
+  start_graph
+  start_pebble
   (umask 077; env_lines >"$RUN/env") && chmod 600 "$RUN/env"
   env_lines
 }
@@ -93,6 +193,10 @@ stop_pidfile() {
 }
 
 stop() {
+  stop_pidfile "$RUN/pebble.pid" Pebble
+  stop_pidfile "$RUN/acme-webroot.pid" "ACME webroot server"
+  stop_pidfile "$RUN/pebble-challtestsrv.pid" pebble-challtestsrv
+  stop_pidfile "$RUN/graph.pid" "local Graph"
   stop_pidfile "$RUN/github.pid" "local GitHub"
   stop_pidfile "$RUN/dockerd.pid" "docker engine"
   stop_pidfile "$RUN/redis.pid" redis

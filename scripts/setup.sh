@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 APT_PACKAGES=(redis-server git make python3 python3-venv python3-pip procps ca-certificates
-  docker.io tini iptables busybox-static curl)
+  docker.io tini iptables busybox-static curl pebble)
 UV_VERSION=0.13.9
 
 missing=()
