@@ -1,4 +1,4 @@
-"""`orchestrator` command line: worker, submit, watch, status, cancel, health, schemas."""
+"""`orchestrator` command line: worker, submit, watch, status, cancel, health, certs, schemas."""
 
 from __future__ import annotations
 
@@ -163,6 +163,33 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else 1
 
 
+def cmd_certs(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.certs import list_certificates  # noqa: PLC0415
+
+    certificates = list_certificates(settings.certificate_dir)
+    last: dict[str, str] = {}
+    try:
+        raw = _redis(settings).hgetall(k.CERT_RENEW_LAST)
+        last = {key.decode(): value.decode() for key, value in raw.items()}  # type: ignore[union-attr]
+    except RedisError:
+        pass
+    if args.json:
+        print(json.dumps({"certificates": [c.as_dict() for c in certificates], "last_renewal": last}, indent=2))
+    else:
+        print(f"certificates in {settings.certificate_dir}: {len(certificates)}")
+        for c in certificates:
+            left = "?" if c.days_left is None else f"{c.days_left}d"
+            flag = f"  RENEW: {c.problem or 'due'}" if c.renewal_due else ""
+            print(f"{c.domain:<48} {left:>6}  until {c.not_after or '-':<20} {c.issuer or '-'}{flag}")
+        if last:
+            print(
+                f"last renewal run {last.get('at', '?')}: {last.get('status', '?')},"
+                f" renewed {last.get('renewed', '[]')}, failed {last.get('failed', '[]')}"
+            )
+    due = [c for c in certificates if c.problem]
+    return 1 if due and args.strict else 0
+
+
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.models import json_schemas  # noqa: PLC0415
 
@@ -209,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="Redis reachability, workers and their heartbeats, queue depths")
     p.add_argument("--require-worker", action="store_true", help="unhealthy unless a worker is alive")
     p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("certs", help="every certificate on disk with its days left, and the last renewal run")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a certificate is expired, missing or wrong")
+    p.set_defaults(func=cmd_certs)
 
     p = sub.add_parser("schemas", help="write the JSON Schema of every task type")
     p.add_argument("--out", default="schemas")

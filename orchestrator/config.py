@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         default="https://login.microsoftonline.com", validation_alias="AZURE_AUTHORITY_URL"
     )
     graph_api_url: str = Field(default="https://graph.microsoft.com/v1.0", validation_alias="GRAPH_API_URL")
+    # ACME (Let's Encrypt by default; its staging is https://acme-staging-v02.api.letsencrypt.org/directory).
+    acme_directory_url: str = Field(
+        default="https://acme-v02.api.letsencrypt.org/directory", validation_alias="ACME_DIRECTORY_URL"
+    )
+    acme_email: str | None = Field(default=None, validation_alias="ACME_EMAIL")
+    acme_ca_bundle: Path | None = Field(default=None, validation_alias="ACME_CA_BUNDLE")
+    acme_webroot: Path | None = Field(default=None, validation_alias="ACME_WEBROOT")
 
     # The engine's own.
     data_dir: Path = Field(default=Path("/var/lib/orchestrator"), validation_alias="ORCHESTRATOR_DATA_DIR")
@@ -60,6 +67,10 @@ class Settings(BaseSettings):
     task_stream_maxlen: int = Field(default=10_000, ge=100, validation_alias="ORCHESTRATOR_TASK_STREAM_MAXLEN")
     timeouts: dict[str, float] = Field(default_factory=dict, validation_alias="ORCHESTRATOR_TIMEOUTS")
     log_level: str = Field(default="INFO", validation_alias="ORCHESTRATOR_LOG_LEVEL")
+    # Certificates for team, workspace and sandbox host names (off unless set: it needs an edge serving the
+    # ACME webroot); the worker renews what is due every cert_renew_interval seconds (0: never).
+    certificates: bool = Field(default=False, validation_alias="ORCHESTRATOR_CERTIFICATES")
+    cert_renew_interval: float = Field(default=12 * 3600, ge=0, validation_alias="ORCHESTRATOR_CERT_RENEW_INTERVAL")
 
     @field_validator("timeouts", mode="before")
     @classmethod
@@ -67,6 +78,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @property
+    def certificate_dir(self) -> Path:
+        return self.data_dir / "certificates"
+
+    @property
+    def webroot(self) -> Path:
+        return self.acme_webroot or self.data_dir / "acme-webroot"
 
     @cached_property
     def secret_values(self) -> tuple[str, ...]:

@@ -86,6 +86,9 @@ WORKERS_HASH: Final = "orchestrator:workers"
 DEADLETTER_LIST: Final = "orchestrator:deadletter"
 RECENT_TASKS: Final = "orchestrator:tasks:recent"
 REAPER_LOCK: Final = "orchestrator:reaper:lock"
+# Held by the worker that renews certificates, for one renewal interval; the last renewal's outcome.
+CERT_RENEW_LOCK: Final = "orchestrator:certs:renew:lock"
+CERT_RENEW_LAST: Final = "orchestrator:certs:renew:last"
 
 
 def task_key(task_id: str) -> str:

@@ -16,6 +16,9 @@ TRANSIENT_TEXT = (
     "name or service not known",
     "cannot connect to the docker daemon",
 )
+# A role that knows better says so in its message: these win over the transient markers (a CA reporting that
+# it got "connection refused" from the edge is not a reason to ask it again).
+PERMANENT_TEXT = ("not retried automatically", "permanent:")
 MAX_MESSAGE = 2000
 
 
@@ -47,9 +50,10 @@ def classify_failure(kind: str, event_data: dict[str, Any]) -> Failure:
     if kind == "runner_on_unreachable":
         return Failure(f"task '{where}': host unreachable: {text}", transient=True)
     status = res.get("status")
-    transient = (
+    lowered = text.lower()
+    transient = not any(marker in lowered for marker in PERMANENT_TEXT) and (
         bool(res.get("orchestrator_transient"))
         or (isinstance(status, int) and status in TRANSIENT_STATUS)
-        or any(marker in text.lower() for marker in TRANSIENT_TEXT)
+        or any(marker in lowered for marker in TRANSIENT_TEXT)
     )
     return Failure(f"task '{where}' failed: {text}", transient=transient)

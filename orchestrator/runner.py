@@ -141,8 +141,9 @@ class _RunState:
             if text:
                 self.output_tail.append(text)
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            if self.failure is None:
-                self.failure = classify_failure(kind, data)
+            # The last failure is the one that ended the play: an earlier one may have been rescued by a block
+            # whose rescue then failed with a clearer message.
+            self.failure = classify_failure(kind, data)
         elif kind == "playbook_on_stats":
             artifact = data.get("artifact_data") or {}
             metadata = artifact.get(METADATA_STAT)

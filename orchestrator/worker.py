@@ -18,8 +18,10 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -134,6 +136,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._listen(), name="listen"),
             asyncio.create_task(self._reap_loop(), name="reaper"),
+            asyncio.create_task(self._renew_loop(), name="certificate renewal"),
         ]
         try:
             await self._take_loop()
@@ -453,22 +456,28 @@ class Worker:
         """Where the roles reach outside services. Secrets travel only in the run's private vars file
         (mode 0600, removed with the run), never in the environment or on a command line."""
         settings = self.settings
-        values: dict[str, Any] = {
+        optional: dict[str, object | None] = {
             "orchestrator_github_api_url": settings.github_api_url,
             "orchestrator_github_template": settings.github_template,
+            "orchestrator_github_org": settings.github_org,
+            "orchestrator_github_token": settings.github_token,
+            "orchestrator_azure_authority_url": settings.azure_authority_url,
+            "orchestrator_graph_api_url": settings.graph_api_url,
+            "orchestrator_azure_tenant_id": settings.azure_tenant_id,
+            "orchestrator_azure_client_id": settings.azure_client_id,
+            "orchestrator_azure_client_secret": settings.azure_client_secret,
+            "orchestrator_certificates": settings.certificates,
+            "orchestrator_acme_directory_url": settings.acme_directory_url,
+            "orchestrator_acme_webroot": settings.webroot,
+            "orchestrator_acme_certificate_dir": settings.certificate_dir,
+            "orchestrator_acme_email": settings.acme_email,
+            "orchestrator_acme_ca_bundle": settings.acme_ca_bundle,
         }
-        if settings.github_org:
-            values["orchestrator_github_org"] = settings.github_org
-        if settings.github_token is not None:
-            values["orchestrator_github_token"] = settings.github_token.get_secret_value()
-        values["orchestrator_azure_authority_url"] = settings.azure_authority_url
-        values["orchestrator_graph_api_url"] = settings.graph_api_url
-        if settings.azure_tenant_id:
-            values["orchestrator_azure_tenant_id"] = settings.azure_tenant_id
-        if settings.azure_client_id:
-            values["orchestrator_azure_client_id"] = settings.azure_client_id
-        if settings.azure_client_secret is not None:
-            values["orchestrator_azure_client_secret"] = settings.azure_client_secret.get_secret_value()
+        values: dict[str, Any] = {}
+        for name, raw in optional.items():
+            value = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw) if isinstance(raw, Path) else raw
+            if value is not None and value != "":
+                values[name] = value
         return values
 
     def _event_sink(self, ref: TaskRef, tracker: ProgressTracker | None) -> Callable[[dict[str, Any]], None]:
@@ -709,6 +718,57 @@ class Worker:
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.error("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _renew_loop(self) -> None:
+        """Every cert_renew_interval seconds one worker (whoever takes the lock first) runs
+        playbooks/certificates.renew.yml, outside the queue; its outcome goes to the log and CERT_RENEW_LAST."""
+        interval = self.settings.cert_renew_interval
+        if not self.settings.certificates or interval <= 0 or self.burst:
+            return
+        while not self._stopping:
+            try:
+                if await self.redis.set(k.CERT_RENEW_LOCK, self.worker_id, nx=True, ex=max(1, int(interval))):
+                    await self.renew_certificates()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.error("certificate renewal: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), timeout=min(interval, 300.0))
+
+    async def renew_certificates(self) -> RunResult:
+        settings = self.settings
+        run_id = f"cert-renew-{int(time.time())}-{self.worker_id[-8:]}"
+        extravars = {
+            "orchestrator_data_dir": str(settings.data_dir),
+            "orchestrator_state_dir": str(settings.state_dir),
+            "orchestrator_domain": settings.domain,
+            **self._service_vars(),
+        }
+        result = await self.runner.run(
+            playbook=settings.playbook_dir / "certificates.renew.yml",
+            extravars=extravars,
+            run_id=run_id,
+            timeout=self.settings.timeouts.get("certificates.renew", 3600.0),
+            cancel=CancelToken(),
+            on_event=lambda _event: None,
+        )
+        summary: dict[Any, Any] = {
+            "at": now_iso(),
+            "worker": self.worker_id,
+            "status": result.status,
+            "renewed": json.dumps(result.metadata.get("renewed", [])),
+            "failed": json.dumps(result.metadata.get("failed", [])),
+            "error": self.redactor.redact(result.failure.message) if result.failure else "",
+        }
+        await self.redis.hset(k.CERT_RENEW_LAST, mapping=summary)
+        if result.ok:
+            log.info(
+                "certificate renewal: %d renewed of %s",
+                len(result.metadata.get("renewed", [])),
+                result.metadata.get("certificates", 0),
+            )
+        else:
+            log.error("certificate renewal failed: %s", summary["error"])
+        return result
 
     async def _reap_loop(self) -> None:
         while True:

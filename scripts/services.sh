@@ -39,6 +39,7 @@ export ACME_DIRECTORY_URL=https://127.0.0.1:$PEBBLE_PORT/dir
 export ACME_CA_BUNDLE=$RUN/pebble/ca.pem
 export ACME_EMAIL=ops@kanban.localhost
 export ACME_WEBROOT=$RUN/acme-webroot
+export ORCHESTRATOR_CERTIFICATES=true
 ENV
 }
 
@@ -127,8 +128,8 @@ pebble_tls() {
       -keyout "$dir/key.pem" -out "$dir/cert.csr"
     printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'extendedKeyUsage=serverAuth' \
       'basicConstraints=critical,CA:FALSE' 'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$dir/cert.ext"
-    openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 825 \
-      -extfile "$dir/cert.ext" -out "$dir/cert.pem"
+    openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+      -days 825 -extfile "$dir/cert.ext" -out "$dir/cert.pem"
   ) 2>>"$dir/openssl.log"
   rm -f "$dir/cert.csr" "$dir/cert.ext"
   chmod 644 "$dir/ca.pem" "$dir/cert.pem"

@@ -169,11 +169,30 @@ class Env:
         return worker
 
 
+def services_env() -> dict[str, str]:
+    """The environment `make services` printed (.run/env): where the local Pebble, GitHub and Graph listen."""
+    path = ROOT / ".run" / "env"
+    assert path.exists(), "the local services are not running: run `make services`"
+    values = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if sep:
+            values[name] = value
+    return values
+
+
+# Certificates are on in the tests, as in the demo: every provision gets one from the local Pebble (make services).
+ACME_ENV = ("ACME_DIRECTORY_URL", "ACME_CA_BUNDLE", "ACME_EMAIL", "ACME_WEBROOT")
+
+
 @pytest.fixture
 def env(redis: redis_lib.Redis, redis_server: RedisServer, tmp_path: Path, plans_dir: Path) -> Iterator[Env]:
     data = tmp_path / "data"
     data.mkdir()
     environment = Env(redis_server.url, data, plans_dir, tmp_path)
+    services = services_env()
+    environment.extra.update({name: services[name] for name in ACME_ENV})
+    environment.extra["ORCHESTRATOR_CERTIFICATES"] = "true"
     yield environment
     for worker in environment.workers:
         if worker.process.poll() is None:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import redis as redis_lib
 
 from devservices.github import seed
-from tests.conftest import Env, Subscriber, envelope, push, task_hash
+from tests.conftest import Env, Subscriber, envelope, push, stream_messages, task_hash
 from tests.contract.conftest import CLIENT_SECRET, ORG, TENANT, TOKEN, GitHub, Graph, start_github, start_graph
 
 pytestmark = pytest.mark.integration
@@ -71,8 +72,28 @@ def credentials(env: Env) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines())
 
 
+def not_retried(env: Env) -> bool:
+    """No run of the task was tried again (a transient failure would log "failed transiently, retrying")."""
+    return "failed transiently" not in "".join(w.log() for w in env.workers)
+
+
 def ws_uri(host: str) -> str:
     return f"https://{host}.kanban.test/auth/callback"
+
+
+CHALLTESTSRV = "http://127.0.0.1:8055"
+PLAIN = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture
+def unreachable_host() -> Iterator[str]:
+    """A host name Pebble resolves to 127.0.0.2, where no edge answers: its validation cannot succeed."""
+    host = "web.acme.certfail.test"
+    body = json.dumps({"host": host + ".", "addresses": ["127.0.0.2"]}).encode()
+    PLAIN.open(urllib.request.Request(CHALLTESTSRV + "/add-a", data=body, method="POST"), timeout=5)
+    yield host
+    body = json.dumps({"host": host + "."}).encode()
+    PLAIN.open(urllib.request.Request(CHALLTESTSRV + "/clear-a", data=body, method="POST"), timeout=5)
 
 
 def ls_remote(github: GitHub, repo: str) -> str:
@@ -162,7 +183,7 @@ def test_permanent_errors_fail_at_once(env: Env, redis: redis_lib.Redis, github:
     record = task_hash(redis, "w-notemplate")
     assert record["status"] == "failed"
     assert "404" in record["error"] and f"{ORG}/nope" in record["error"]
-    assert record["attempts"] == "1"
+    assert not_retried(env)
     assert TOKEN not in record["error"]
 
 
@@ -191,7 +212,7 @@ def test_app_secret_failure_removes_new_app_then_rolls_back_repo(
     record = task_hash(redis, "w-nosecret")
     assert record["status"] == "failed", record
     assert "addPassword" in record["error"] and "new application was deleted" in record["error"], record["error"]
-    assert record["attempts"] == "1"
+    assert not_retried(env)
     assert "rollback incomplete" not in record["error"]
     graph.control("reset")
     assert apps(graph, "kanban-acme-web") == []
@@ -225,7 +246,7 @@ def test_graph_throttling_waits_out_retry_after(env: Env, redis: redis_lib.Redis
     env.run_burst()
     record = task_hash(redis, "s-throttled")
     assert record["status"] == "completed", record
-    assert record["attempts"] == "1"  # waited inside the step, no task-level retry
+    assert not_retried(env)  # waited inside the step, no task-level retry
     assert redirect_uris(graph) == sorted([ws_uri("web.acme"), ws_uri("s1.web.acme")])
 
 
@@ -367,3 +388,23 @@ def test_secrets_appear_nowhere(env: Env, redis: redis_lib.Redis, github: GitHub
         assert all(secret not in data for data in watcher.vars_files.values()), f"{what} found in a vars file"
     assert graph.process.poll() is None
     assert urllib.parse.quote(app_secret) not in logs.decode()
+
+
+def test_certificate_failure_rolls_back_app_then_repo(
+    env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph, unreachable_host: str
+) -> None:
+    # Repo, then app registration, then the certificate, whose HTTP-01 validation cannot succeed: failed at once
+    # (not retried: the CA's "connection refused" is about the edge), the app and the repo rolled back in that order.
+    env.extra["DOMAIN"] = "certfail.test"
+    push(redis, envelope("w-nocert", "workspace.provision", WS, resource="ws-8"))
+    env.run_burst(timeout=300)
+    record = task_hash(redis, "w-nocert")
+    assert record["status"] == "failed", record
+    assert "could not validate " + unreachable_host in record["error"], record["error"]
+    assert not_retried(env)
+    assert "rollback incomplete" not in record["error"]
+    assert apps(graph, "kanban-acme-web") == []
+    assert github.call("GET", f"/repos/{ORG}/acme-web").status == 404
+    assert not (env.data_dir / "certificates" / unreachable_host).exists()
+    undone = [m["message"] for m in stream_messages(redis, "w-nocert") if "rolling back" in str(m.get("message"))]
+    assert undone == ["rolling back azure_app kanban-acme-web", f"rolling back github_repo {ORG}/acme-web"], undone
