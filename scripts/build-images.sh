@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=orchestrator/busybox-base:local
-NAMES=(kanban-team-api kanban-team-web kanban-agents)
+NAMES=(kanban-team-api kanban-team-web kanban-agents kanban-workspace-app)
 
 hash_of() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
 

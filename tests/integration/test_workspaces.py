@@ -72,6 +72,32 @@ def credentials(env: Env) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines())
 
 
+def project_containers(project: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+def app_serves(project: str, path: str) -> str:
+    """What the app of a compose project serves at /app/<path> (its checkout), asked from inside its container,
+    which must be healthy."""
+    [container] = project_containers(project)
+    health = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Health.Status}}", container], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert health == "healthy", health
+    return subprocess.run(
+        ["docker", "exec", container, "wget", "-qO-", f"http://127.0.0.1:8080/app/{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def not_retried(env: Env) -> bool:
     """No run of the task was tried again (a transient failure would log "failed transiently, retrying")."""
     return "failed transiently" not in "".join(w.log() for w in env.workers)
@@ -139,6 +165,11 @@ def test_workspace_and_sandbox_lifecycle(
             env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         )
         assert (clone / "README.md").read_text().startswith("# Workspace app")
+        # The app runs the checkout, healthy, with its own database; the workspace's certificate is there.
+        ws_dir = env.data_dir / "teams" / "acme" / "workspaces" / "web"
+        assert app_serves("ws-acme-web", "README.md").startswith("# Workspace app")
+        assert json.loads((ws_dir / "app" / "data" / "db.json").read_text()) == {}
+        assert (env.data_dir / "certificates" / "web.acme.kanban.test" / "fullchain.pem").exists()
 
         push(redis, envelope("s-prov", "sandbox.provision", SB, resource="sb-1"))
         env.run_burst()
@@ -151,6 +182,18 @@ def test_workspace_and_sandbox_lifecycle(
         assert sandbox_status["metadata"]["branch"] == "sandbox/s1"
         assert sandbox_status["metadata"]["subdomain"] == "s1.web.acme.kanban.test"
         assert redirect_uris(graph) == sorted([ws_uri("web.acme"), ws_uri("s1.web.acme")])
+        # The sandbox app runs the branch's checkout with a clone of the workspace's database, never the same file.
+        assert app_serves("sb-acme-web-s1", "README.md").startswith("# Workspace app")
+        ws_db, sb_db = ws_dir / "app" / "data" / "db.json", ws_dir / "sandboxes" / "s1" / "app" / "data" / "db.json"
+        assert sb_db.read_bytes() == ws_db.read_bytes() and sb_db.stat().st_ino != ws_db.stat().st_ino
+        assert (env.data_dir / "certificates" / "s1.web.acme.kanban.test" / "fullchain.pem").exists()
+
+        # A workspace with a sandbox is not deleted: the task fails, nothing is touched.
+        push(redis, envelope("w-del-early", "workspace.delete", WS, resource="ws-1"))
+        env.run_burst()
+        refused = task_hash(redis, "w-del-early")
+        assert refused["status"] == "failed" and "still has 1 sandbox(es) (s1)" in refused["error"], refused
+        assert app_serves("ws-acme-web", "README.md") and apps(graph, "kanban-acme-web")
 
         push(redis, envelope("s-del", "sandbox.delete", SB, resource="sb-1"))
         env.run_burst()
@@ -158,13 +201,17 @@ def test_workspace_and_sandbox_lifecycle(
         assert "sandbox/s1" not in ls_remote(github, "acme-web")
         assert not checkout.exists()
         assert redirect_uris(graph) == [ws_uri("web.acme")]
+        assert not (ws_dir / "sandboxes" / "s1").exists() and project_containers("sb-acme-web-s1") == []
+        assert not (env.data_dir / "certificates" / "s1.web.acme.kanban.test").exists()
 
         push(redis, envelope("w-del", "workspace.delete", WS, resource="ws-1"))
         env.run_burst()
         assert task_hash(redis, "w-del")["status"] == "completed"
         assert github.call("GET", f"/repos/{ORG}/acme-web").status == 404
         assert apps(graph, "kanban-acme-web") == []
-        assert not secrets_file.exists()
+        assert not secrets_file.exists() and not ws_dir.exists()
+        assert project_containers("ws-acme-web") == []
+        assert not (env.data_dir / "certificates" / "web.acme.kanban.test").exists()
     logs = "".join(w.log() for w in env.workers)
     assert TOKEN not in logs and CLIENT_SECRET not in logs
 
@@ -407,4 +454,8 @@ def test_certificate_failure_rolls_back_app_then_repo(
     assert github.call("GET", f"/repos/{ORG}/acme-web").status == 404
     assert not (env.data_dir / "certificates" / unreachable_host).exists()
     undone = [m["message"] for m in stream_messages(redis, "w-nocert") if "rolling back" in str(m.get("message"))]
-    assert undone == ["rolling back azure_app kanban-acme-web", f"rolling back github_repo {ORG}/acme-web"], undone
+    # Newest first: the app's containers and folder, the checkout, the app registration, the repository.
+    kinds = [message.split()[2] for message in undone]
+    assert kinds == ["compose_project", "app_directory", "git_clone", "azure_app", "github_repo"], undone
+    assert project_containers("ws-acme-web") == []
+    assert not (env.data_dir / "teams" / "acme" / "workspaces" / "web" / "app").exists()
