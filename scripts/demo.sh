@@ -85,6 +85,9 @@ PY
 say "files on disk ($ORCHESTRATOR_DATA_DIR/teams)"
 find "$ORCHESTRATOR_DATA_DIR/teams" -maxdepth 4 | sort
 
+say "certificates from the local ACME CA (orchestrator certs)"
+orchestrator certs || true
+
 say "stopping the worker gracefully"
 kill -TERM $WORKER; wait $WORKER || true
 trap - EXIT
