@@ -444,19 +444,20 @@ class Worker:
             "orchestrator_task_type": env.type.value,
             "orchestrator_resource_id": env.resource_id,
             "orchestrator_user_id": env.user_id,
-            "orchestrator_data_dir": str(self.settings.data_dir),
-            "orchestrator_state_dir": str(self.settings.state_dir),
-            "orchestrator_domain": self.settings.domain,
-            "orchestrator_portal_api_url": self.settings.portal_api_url,
             **self._service_vars(),
             **extra,
         }
 
     def _service_vars(self) -> dict[str, Any]:
-        """Where the roles reach outside services. Secrets travel only in the run's private vars file
-        (mode 0600, removed with the run), never in the environment or on a command line."""
+        """What every run gets from the settings: folders, domain, and where the roles reach outside services.
+        Secrets travel only in the run's private vars file (mode 0600, removed with the run), never in the
+        environment or on a command line."""
         settings = self.settings
         optional: dict[str, object | None] = {
+            "orchestrator_data_dir": settings.data_dir,
+            "orchestrator_state_dir": settings.state_dir,
+            "orchestrator_domain": settings.domain,
+            "orchestrator_portal_api_url": settings.portal_api_url,
             "orchestrator_github_api_url": settings.github_api_url,
             "orchestrator_github_template": settings.github_template,
             "orchestrator_github_org": settings.github_org,
@@ -737,15 +738,9 @@ class Worker:
     async def renew_certificates(self) -> RunResult:
         settings = self.settings
         run_id = f"cert-renew-{int(time.time())}-{self.worker_id[-8:]}"
-        extravars = {
-            "orchestrator_data_dir": str(settings.data_dir),
-            "orchestrator_state_dir": str(settings.state_dir),
-            "orchestrator_domain": settings.domain,
-            **self._service_vars(),
-        }
         result = await self.runner.run(
             playbook=settings.playbook_dir / "certificates.renew.yml",
-            extravars=extravars,
+            extravars=self._service_vars(),
             run_id=run_id,
             timeout=self.settings.timeouts.get("certificates.renew", 3600.0),
             cancel=CancelToken(),

@@ -353,9 +353,6 @@ class AzureApp:
 
     def credential(self, app):
         path = self.params["credential_file"]
-        if self.result["created"] and self.module.check_mode:
-            self.result["changed"] = True
-            return
         existing = self._read_credential_file()
         if existing.get("AZURE_CLIENT_SECRET"):
             self.module.no_log_values.add(existing["AZURE_CLIENT_SECRET"])
