@@ -1,10 +1,11 @@
-"""`orchestrator` command line: worker, submit, watch, status, cancel, health, certs, schemas."""
+"""`orchestrator` command line: worker, submit, watch, status, cancel, health, certs, vars, schemas."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -190,6 +191,25 @@ def cmd_certs(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if due and args.strict else 0
 
 
+def cmd_vars(args: argparse.Namespace, settings: Settings) -> int:
+    """The extra vars a worker gives every run, for running a playbook by hand with `-e @FILE`. They hold the
+    orchestrator's credentials: the file is created 0600 and never printed unless asked with --out -."""
+    from orchestrator.runner import unsafe_vars_yaml  # noqa: PLC0415 - keeps the other commands light
+
+    text = unsafe_vars_yaml(settings.service_vars())
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    names = sorted(settings.service_vars())
+    print(json.dumps({"out": str(out), "vars": names}) if args.json else f"wrote {len(names)} vars to {out} (0600)")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.models import json_schemas  # noqa: PLC0415
 
@@ -240,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("certs", help="every certificate on disk with its days left, and the last renewal run")
     p.add_argument("--strict", action="store_true", help="exit 1 when a certificate is expired, missing or wrong")
     p.set_defaults(func=cmd_certs)
+
+    p = sub.add_parser("vars", help="write the extra vars every run gets (0600), for ansible-playbook -e @FILE")
+    p.add_argument("--out", required=True, help="file to write (created 0600), or - for stdout")
+    p.set_defaults(func=cmd_vars)
 
     p = sub.add_parser("schemas", help="write the JSON Schema of every task type")
     p.add_argument("--out", default="schemas")

@@ -108,3 +108,35 @@ class Settings(BaseSettings):
             "DOMAIN": self.domain,
             "PORTAL_API_URL": self.portal_api_url,
         }
+
+    def service_vars(self) -> dict[str, object]:
+        """The extra vars every run gets from the settings: folders, domain, and where the roles reach outside
+        services. Secrets travel only in the run's private vars file (mode 0600, removed with the run), never in
+        the environment or on a command line. `orchestrator vars` writes the same for a run by hand."""
+        optional: dict[str, object | None] = {
+            "orchestrator_data_dir": self.data_dir,
+            "orchestrator_state_dir": self.state_dir,
+            "orchestrator_domain": self.domain,
+            "orchestrator_portal_api_url": self.portal_api_url,
+            "orchestrator_github_api_url": self.github_api_url,
+            "orchestrator_github_template": self.github_template,
+            "orchestrator_github_org": self.github_org,
+            "orchestrator_github_token": self.github_token,
+            "orchestrator_azure_authority_url": self.azure_authority_url,
+            "orchestrator_graph_api_url": self.graph_api_url,
+            "orchestrator_azure_tenant_id": self.azure_tenant_id,
+            "orchestrator_azure_client_id": self.azure_client_id,
+            "orchestrator_azure_client_secret": self.azure_client_secret,
+            "orchestrator_certificates": self.certificates,
+            "orchestrator_acme_directory_url": self.acme_directory_url,
+            "orchestrator_acme_webroot": self.webroot,
+            "orchestrator_acme_certificate_dir": self.certificate_dir,
+            "orchestrator_acme_email": self.acme_email,
+            "orchestrator_acme_ca_bundle": self.acme_ca_bundle,
+        }
+        values: dict[str, object] = {}
+        for name, raw in optional.items():
+            value = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw) if isinstance(raw, Path) else raw
+            if value is not None and value != "":
+                values[name] = value
+        return values

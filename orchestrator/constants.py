@@ -79,6 +79,9 @@ PUBLISHED_SECRET_KEYS: Final = frozenset({"agent_webhook_secret"})
 # Channel on which a cancel request is announced; the durable part is the hash field.
 CANCEL_CHANNEL: Final = "orchestrator:cancel"
 CANCEL_FIELD: Final = "cancel_requested"
+# Set on the task's hash while a failed run is being rolled back: {"status", "error"} of the run. A worker that
+# adopts the task after a crash finishes the rollback from the ledger and reports that, instead of running again.
+ROLLBACK_FIELD: Final = "rolling_back"
 
 # Where every published message is also appended, capped, for replay by clients that missed it.
 EVENTS_STREAM: Final = "orchestrator:events"

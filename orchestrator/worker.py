@@ -18,10 +18,8 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -348,6 +346,10 @@ class Worker:
         running.started = True
         await self.publisher.started(ref, worker_id=self.worker_id, attempt=attempt_no)
         log.info("task %s (%s) started", ref.task_id, ref.type, extra={"task_id": ref.task_id})
+        pending = as_text(await self.redis.hget(k.task_key(ref.task_id), k.ROLLBACK_FIELD))
+        if pending:
+            await self._resume_rollback(running, pending)
+            return
         playbook = running.route.playbook(self.settings.playbook_dir)
         plan = await self.plans.plan(playbook)
         tracker = ProgressTracker(plan)
@@ -369,15 +371,41 @@ class Worker:
             await self.queue.requeue(running.held, task_id=ref.task_id)
             return
         failure = result.failure or Failure("failed", transient=False)
-        error = failure.message
+        status = TaskStatus.CANCELLED if result.status == "canceled" else TaskStatus.FAILED
+        await self._fail(running, status, failure.message, metadata=result.metadata)
+
+    async def _fail(
+        self, running: Running, status: TaskStatus, error: str, *, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Roll back what the run created, then report the failure. The verdict is written to the task's hash
+        first: a worker killed during the rollback leaves it, and the worker that adopts the task finishes the
+        rollback (_resume_rollback) rather than running the playbook again."""
+        ref = running.ref
         if running.route.rollback_on_failure:
+            verdict = dumps({"status": status.value, "error": self.redactor.redact(error)})
+            await self.redis.hset(k.task_key(ref.task_id), k.ROLLBACK_FIELD, verdict)
             rollback_error = await self._rollback(running)
             if rollback_error:
                 error = f"{error}; rollback incomplete: {rollback_error}"
-        status = TaskStatus.CANCELLED if result.status == "canceled" else TaskStatus.FAILED
-        await self._finish(
-            running, status, error, resource_status=ResourceStatus.FAILED.value, metadata=result.metadata
+        await self._finish(running, status, error, resource_status=ResourceStatus.FAILED.value, metadata=metadata)
+
+    async def _resume_rollback(self, running: Running, pending: str) -> None:
+        """The task's previous worker died while rolling it back: finish the rollback from the ledger (entries
+        already undone were removed from it) and report the run's verdict."""
+        ref = running.ref
+        try:
+            verdict = json.loads(pending)
+            status = TaskStatus(verdict["status"])
+            error = str(verdict["error"])
+        except (ValueError, KeyError, TypeError):
+            status, error = TaskStatus.FAILED, "failed"
+        log.warning(
+            "task %s: its worker was lost while rolling it back; finishing the rollback",
+            ref.task_id,
+            extra={"task_id": ref.task_id},
         )
+        self.publisher.progress(ref, 0, 0, 0, "finishing the rollback its lost worker started")
+        await self._fail(running, status, f"{error} (rollback finished after the worker was lost)")
 
     async def _run_with_retries(
         self, running: Running, playbook: Any, tracker: ProgressTracker, attempt_no: int
@@ -444,42 +472,9 @@ class Worker:
             "orchestrator_task_type": env.type.value,
             "orchestrator_resource_id": env.resource_id,
             "orchestrator_user_id": env.user_id,
-            **self._service_vars(),
+            **self.settings.service_vars(),
             **extra,
         }
-
-    def _service_vars(self) -> dict[str, Any]:
-        """What every run gets from the settings: folders, domain, and where the roles reach outside services.
-        Secrets travel only in the run's private vars file (mode 0600, removed with the run), never in the
-        environment or on a command line."""
-        settings = self.settings
-        optional: dict[str, object | None] = {
-            "orchestrator_data_dir": settings.data_dir,
-            "orchestrator_state_dir": settings.state_dir,
-            "orchestrator_domain": settings.domain,
-            "orchestrator_portal_api_url": settings.portal_api_url,
-            "orchestrator_github_api_url": settings.github_api_url,
-            "orchestrator_github_template": settings.github_template,
-            "orchestrator_github_org": settings.github_org,
-            "orchestrator_github_token": settings.github_token,
-            "orchestrator_azure_authority_url": settings.azure_authority_url,
-            "orchestrator_graph_api_url": settings.graph_api_url,
-            "orchestrator_azure_tenant_id": settings.azure_tenant_id,
-            "orchestrator_azure_client_id": settings.azure_client_id,
-            "orchestrator_azure_client_secret": settings.azure_client_secret,
-            "orchestrator_certificates": settings.certificates,
-            "orchestrator_acme_directory_url": settings.acme_directory_url,
-            "orchestrator_acme_webroot": settings.webroot,
-            "orchestrator_acme_certificate_dir": settings.certificate_dir,
-            "orchestrator_acme_email": settings.acme_email,
-            "orchestrator_acme_ca_bundle": settings.acme_ca_bundle,
-        }
-        values: dict[str, Any] = {}
-        for name, raw in optional.items():
-            value = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw) if isinstance(raw, Path) else raw
-            if value is not None and value != "":
-                values[name] = value
-        return values
 
     def _event_sink(self, ref: TaskRef, tracker: ProgressTracker | None) -> Callable[[dict[str, Any]], None]:
         """Runs in ansible-runner's thread: translate, then hand over to the loop without waiting."""
@@ -679,12 +674,7 @@ class Worker:
             recoveries = int(await self.redis.hincrby(k.task_key(ref.task_id), "recoveries", 1))
         if recoveries > self.settings.max_recoveries:
             running.started = True
-            error = f"worker lost {recoveries} times while running this task"
-            if running.route.rollback_on_failure:
-                rollback_error = await self._rollback(running)
-                if rollback_error:
-                    error = f"{error}; rollback incomplete: {rollback_error}"
-            await self._finish(running, TaskStatus.FAILED, error, resource_status=ResourceStatus.FAILED.value)
+            await self._fail(running, TaskStatus.FAILED, f"worker lost {recoveries} times while running this task")
             return
         await self.queue.requeue(running.held, task_id=ref.task_id)
         log.warning("task %s re-queued after its worker was lost", ref.task_id, extra={"task_id": ref.task_id})
@@ -740,7 +730,7 @@ class Worker:
         run_id = f"cert-renew-{int(time.time())}-{self.worker_id[-8:]}"
         result = await self.runner.run(
             playbook=settings.playbook_dir / "certificates.renew.yml",
-            extravars=self._service_vars(),
+            extravars=self.settings.service_vars(),
             run_id=run_id,
             timeout=self.settings.timeouts.get("certificates.renew", 3600.0),
             cancel=CancelToken(),

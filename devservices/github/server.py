@@ -649,6 +649,14 @@ async def control_fail(request: web.Request) -> web.Response:
     return web.json_response({"queued": len(request.app[CONFIG].failures)})
 
 
+async def control_clear_failures(request: web.Request) -> web.Response:
+    """Drop the injected failures not yet served, and nothing else: a test's fault is gone, its state stays."""
+    cfg = request.app[CONFIG]
+    dropped = len(cfg.failures)
+    cfg.failures.clear()
+    return web.json_response({"dropped": dropped})
+
+
 async def control_reset(request: web.Request) -> web.Response:
     """Drop injected failures, the rate-limit count and every repository."""
     cfg = request.app[CONFIG]
@@ -694,6 +702,7 @@ def build_app(
     app.router.add_route("*", "/git/{owner}/{repo}/{tail:.*}", git_http)
     app.router.add_post("/_control/fail", control_fail)
     app.router.add_post("/_control/reset", control_reset)
+    app.router.add_post("/_control/clear-failures", control_clear_failures)
 
     async def cancel_pending(app: web.Application) -> None:
         for task in list(app[CONFIG].pending):

@@ -647,6 +647,14 @@ async def control_fail(request: web.Request) -> web.Response:
     return web.json_response({"queued": len(cfg.failures)})
 
 
+async def control_clear_failures(request: web.Request) -> web.Response:
+    """Drop the injected failures not yet served, and nothing else: a test's fault is gone, its state stays."""
+    cfg = request.app[CONFIG]
+    dropped = len(cfg.failures)
+    cfg.failures.clear()
+    return web.json_response({"dropped": dropped})
+
+
 async def control_reset(request: web.Request) -> web.Response:
     """Drop injected failures, every issued token and every application and service principal."""
     cfg = request.app[CONFIG]
@@ -707,5 +715,6 @@ def build_app(
     router.add_post(GRAPH_VERSION + "/servicePrincipals", create_service_principal)
     router.add_post("/_control/fail", control_fail)
     router.add_post("/_control/reset", control_reset)
+    router.add_post("/_control/clear-failures", control_clear_failures)
     router.add_post("/_control/expire-tokens", control_expire_tokens)
     return app

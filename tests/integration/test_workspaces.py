@@ -8,132 +8,29 @@ import subprocess
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_lib
 
-from devservices.github import seed
-from tests.conftest import Env, Subscriber, envelope, push, stream_messages, task_hash
-from tests.contract.conftest import CLIENT_SECRET, ORG, TENANT, TOKEN, GitHub, Graph, start_github, start_graph
+from tests.conftest import Env, Subscriber, envelope, push, task_hash
+from tests.contract.conftest import CLIENT_SECRET, ORG, TENANT, TOKEN, GitHub, Graph
+from tests.integration.conftest import (
+    SB,
+    TEMPLATE,
+    WS,
+    app_serves,
+    apps,
+    credentials,
+    ls_remote,
+    not_retried,
+    project_containers,
+    redirect_uris,
+    ws_uri,
+)
 
 pytestmark = pytest.mark.integration
-
-TEMPLATE = f"{ORG}/workspace-template"
-
-
-@pytest.fixture
-def github(tmp_path_factory: pytest.TempPathFactory, env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHub]:
-    server = start_github(tmp_path_factory.mktemp("github-queue"))
-    monkeypatch.setenv("GITHUB_API_URL", server.base)
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    monkeypatch.setenv("GITHUB_TEMPLATE_REPO", TEMPLATE)
-    assert seed.main() == 0
-    env.extra.update(
-        {"GITHUB_API_URL": server.base, "GITHUB_TOKEN": TOKEN, "GITHUB_ORG": ORG, "GITHUB_TEMPLATE_REPO": TEMPLATE}
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def graph(tmp_path_factory: pytest.TempPathFactory, env: Env) -> Iterator[Graph]:
-    server = start_graph(tmp_path_factory.mktemp("graph-queue"))
-    env.extra.update(
-        {
-            "AZURE_AUTHORITY_URL": server.base,
-            "GRAPH_API_URL": server.base + "/v1.0",
-            "AZURE_TENANT_ID": server.tenant,
-            "AZURE_CLIENT_ID": server.client_id,
-            "AZURE_CLIENT_SECRET": server.client_secret,
-            "DOMAIN": "kanban.test",
-        }
-    )
-    yield server
-    server.stop()
-
-
-def apps(graph: Graph, name: str) -> list[dict[str, Any]]:
-    reply = graph.call("GET", "/applications", query={"$filter": f"displayName eq '{name}'"})
-    assert reply.status == 200, reply.data
-    found: list[dict[str, Any]] = reply.json()["value"]
-    return found
-
-
-def redirect_uris(graph: Graph, name: str = "kanban-acme-web") -> list[str]:
-    [app] = apps(graph, name)
-    return sorted(app["web"]["redirectUris"])
-
-
-def credentials(env: Env) -> dict[str, str]:
-    path = env.data_dir / "teams" / "acme" / "workspaces" / "web" / ".secrets" / "azure.env"
-    return dict(line.split("=", 1) for line in path.read_text().splitlines())
-
-
-def project_containers(project: str) -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.split()
-
-
-def app_serves(project: str, path: str) -> str:
-    """What the app of a compose project serves at /app/<path> (its checkout), asked from inside its container,
-    which must be healthy."""
-    [container] = project_containers(project)
-    health = subprocess.run(
-        ["docker", "inspect", "-f", "{{.State.Health.Status}}", container], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert health == "healthy", health
-    return subprocess.run(
-        ["docker", "exec", container, "wget", "-qO-", f"http://127.0.0.1:8080/app/{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
-def not_retried(env: Env) -> bool:
-    """No run of the task was tried again (a transient failure would log "failed transiently, retrying")."""
-    return "failed transiently" not in "".join(w.log() for w in env.workers)
-
-
-def ws_uri(host: str) -> str:
-    return f"https://{host}.kanban.test/auth/callback"
-
-
-CHALLTESTSRV = "http://127.0.0.1:8055"
-PLAIN = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@pytest.fixture
-def unreachable_host() -> Iterator[str]:
-    """A host name Pebble resolves to 127.0.0.2, where no edge answers: its validation cannot succeed."""
-    host = "web.acme.certfail.test"
-    body = json.dumps({"host": host + ".", "addresses": ["127.0.0.2"]}).encode()
-    PLAIN.open(urllib.request.Request(CHALLTESTSRV + "/add-a", data=body, method="POST"), timeout=5)
-    yield host
-    body = json.dumps({"host": host + "."}).encode()
-    PLAIN.open(urllib.request.Request(CHALLTESTSRV + "/clear-a", data=body, method="POST"), timeout=5)
-
-
-def ls_remote(github: GitHub, repo: str) -> str:
-    return subprocess.run(
-        ["git", "ls-remote", "--heads", github.clone_url(repo)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"},
-    ).stdout
-
-
-WS = {"team_slug": "acme", "workspace_slug": "web"}
-SB = {**WS, "sandbox_slug": "s1"}
 
 
 def test_workspace_and_sandbox_lifecycle(
@@ -234,38 +131,6 @@ def test_permanent_errors_fail_at_once(env: Env, redis: redis_lib.Redis, github:
     assert TOKEN not in record["error"]
 
 
-def test_failure_after_repo_created_rolls_it_back(
-    env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph
-) -> None:
-    # The repo gets created, then every look at its branch is refused: the provision fails and is undone.
-    github.control("fail", {"count": 1000, "status": 401, "path_prefix": f"/repos/{ORG}/acme-web/branches"})
-    push(redis, envelope("w-rb", "workspace.provision", WS, resource="ws-3"))
-    env.run_burst()
-    record = task_hash(redis, "w-rb")
-    assert record["status"] == "failed", record
-    assert "rollback incomplete" not in record["error"]
-    github.control("reset")
-    assert github.call("GET", f"/repos/{ORG}/acme-web").status == 404
-
-
-def test_app_secret_failure_removes_new_app_then_rolls_back_repo(
-    env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph
-) -> None:
-    # The app gets created, then Graph refuses its secret: the module deletes the app it made, the worker's
-    # rollback deletes the repository created before it; the task fails once, naming the step.
-    graph.control("fail", {"method": "POST", "path": "/addPassword$", "status": 400, "count": 100})
-    push(redis, envelope("w-nosecret", "workspace.provision", WS, resource="ws-4"))
-    env.run_burst()
-    record = task_hash(redis, "w-nosecret")
-    assert record["status"] == "failed", record
-    assert "addPassword" in record["error"] and "new application was deleted" in record["error"], record["error"]
-    assert not_retried(env)
-    assert "rollback incomplete" not in record["error"]
-    graph.control("reset")
-    assert apps(graph, "kanban-acme-web") == []
-    assert github.call("GET", f"/repos/{ORG}/acme-web").status == 404
-
-
 def test_sandbox_on_workspace_without_app_fails_and_rolls_back(
     env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph
 ) -> None:
@@ -297,24 +162,54 @@ def test_graph_throttling_waits_out_retry_after(env: Env, redis: redis_lib.Redis
     assert redirect_uris(graph) == sorted([ws_uri("web.acme"), ws_uri("s1.web.acme")])
 
 
-def test_concurrent_sandboxes_keep_every_redirect_uri(
+def run_bursts(env: Env, workers: int, concurrency: int, timeout: float = 600) -> None:
+    """Several burst workers at once, as a deployment runs them; each must end cleanly."""
+    started = [env.start_worker("--burst", "--concurrency", str(concurrency)) for _ in range(workers)]
+    for worker in started:
+        assert worker.process.wait(timeout) == 0, worker.log()
+
+
+def test_ten_concurrent_sandboxes_all_active_with_isolated_databases(
     env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph
 ) -> None:
     push(redis, envelope("w-conc", "workspace.provision", WS, resource="ws-6"))
     env.run_burst()
     assert task_hash(redis, "w-conc")["status"] == "completed"
-    names = [f"c{i}" for i in range(6)]
-    for name in names:
-        push(redis, envelope(f"s-{name}", "sandbox.provision", {**WS, "sandbox_slug": name}, resource=f"sb-{name}"))
-    env.run_burst("--concurrency", "6", timeout=300)
+    ws_dir = env.data_dir / "teams" / "acme" / "workspaces" / "web"
+    ws_db = ws_dir / "app" / "data" / "db.json"
+    ws_db.write_text('{"_default": {"1": {"title": "shared card"}}}')
+    names = [f"c{i}" for i in range(10)]
+    with Subscriber(redis, "sandbox:status") as sub:
+        for name in names:
+            push(redis, envelope(f"s-{name}", "sandbox.provision", {**WS, "sandbox_slug": name}, resource=f"sb-{name}"))
+        run_bursts(env, workers=2, concurrency=5)  # ten runs at once, on two workers
+        active = {m["resource_id"] for m in sub.on("sandbox:status") if m["status"] == "active"}
+    assert active == {f"sb-{name}" for name in names}
     for name in names:
         assert task_hash(redis, f"s-{name}")["status"] == "completed", task_hash(redis, f"s-{name}")
+    # Every redirect URI kept (each added under the app registration's lock), ten branches, ten apps.
     assert redirect_uris(graph) == sorted([ws_uri("web.acme")] + [ws_uri(f"{n}.web.acme") for n in names])
-    # And all removed at once, none touching another's.
-    for name in names[:3]:
+    heads = ls_remote(github, "acme-web")
+    assert all(f"refs/heads/sandbox/{name}" in heads for name in names), heads
+    inodes = {ws_db.stat().st_ino}
+    for name in names:
+        db = ws_dir / "sandboxes" / name / "app" / "data" / "db.json"
+        assert db.read_bytes() == ws_db.read_bytes()
+        inodes.add(db.stat().st_ino)
+        assert app_serves(f"sb-acme-web-{name}", "README.md").startswith("# Workspace app")
+    assert len(inodes) == 11  # ten databases of their own, none the workspace's file
+    # A write to one sandbox's database reaches no other.
+    (ws_dir / "sandboxes" / "c0" / "app" / "data" / "db.json").write_text('{"_default": {}}')
+    assert (ws_dir / "sandboxes" / "c1" / "app" / "data" / "db.json").read_bytes() == ws_db.read_bytes()
+
+    # Half removed at once, none touching another's.
+    for name in names[:5]:
         push(redis, envelope(f"d-{name}", "sandbox.delete", {**WS, "sandbox_slug": name}, resource=f"sb-{name}"))
-    env.run_burst("--concurrency", "3", timeout=300)
-    assert redirect_uris(graph) == sorted([ws_uri("web.acme")] + [ws_uri(f"{n}.web.acme") for n in names[3:]])
+    run_bursts(env, workers=1, concurrency=5)
+    assert redirect_uris(graph) == sorted([ws_uri("web.acme")] + [ws_uri(f"{n}.web.acme") for n in names[5:]])
+    for name in names:
+        assert (ws_dir / "sandboxes" / name).exists() == (name in names[5:])
+        assert bool(project_containers(f"sb-acme-web-{name}")) == (name in names[5:])
 
 
 class FileWatcher:
@@ -435,27 +330,3 @@ def test_secrets_appear_nowhere(env: Env, redis: redis_lib.Redis, github: GitHub
         assert all(secret not in data for data in watcher.vars_files.values()), f"{what} found in a vars file"
     assert graph.process.poll() is None
     assert urllib.parse.quote(app_secret) not in logs.decode()
-
-
-def test_certificate_failure_rolls_back_app_then_repo(
-    env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph, unreachable_host: str
-) -> None:
-    # Repo, then app registration, then the certificate, whose HTTP-01 validation cannot succeed: failed at once
-    # (not retried: the CA's "connection refused" is about the edge), the app and the repo rolled back in that order.
-    env.extra["DOMAIN"] = "certfail.test"
-    push(redis, envelope("w-nocert", "workspace.provision", WS, resource="ws-8"))
-    env.run_burst(timeout=300)
-    record = task_hash(redis, "w-nocert")
-    assert record["status"] == "failed", record
-    assert "could not validate " + unreachable_host in record["error"], record["error"]
-    assert not_retried(env)
-    assert "rollback incomplete" not in record["error"]
-    assert apps(graph, "kanban-acme-web") == []
-    assert github.call("GET", f"/repos/{ORG}/acme-web").status == 404
-    assert not (env.data_dir / "certificates" / unreachable_host).exists()
-    undone = [m["message"] for m in stream_messages(redis, "w-nocert") if "rolling back" in str(m.get("message"))]
-    # Newest first: the app's containers and folder, the checkout, the app registration, the repository.
-    kinds = [message.split()[2] for message in undone]
-    assert kinds == ["compose_project", "app_directory", "git_clone", "azure_app", "github_repo"], undone
-    assert project_containers("ws-acme-web") == []
-    assert not (env.data_dir / "teams" / "acme" / "workspaces" / "web" / "app").exists()
