@@ -12,6 +12,11 @@ Benchmarks (NAME for --only):
   events    event pipeline throughput: runner thread -> Worker._event_sink -> Publisher -> Redis
   memory    idle worker RSS (the RSS of the workers of overhead/dispatch/cancel is reported too)
   compose   docker_compose_v2 up / idempotent up / restart / stop / down (Ansible task durations)
+  workspace playbooks/workspace.provision.yml, then sandbox.provision.yml of a sandbox of it, through a worker vs
+            bare ansible-playbook (same vars, interleaved pairs), and each step's (role's) share of the orchestrated
+            runs from their Ansible events; needs the local GitHub, Graph and Pebble of `make services` (.run/env),
+            certificates on; deletes (sandbox, then workspace) between runs, untimed (quick: 2 pairs, 5-10 min;
+            full: 4 pairs, 10-17 min)
 
 Only Python's clocks (time.perf_counter) and /proc are used for measurements. Machines are noisy:
 the figures that matter are ratios and percentiles over repeated, interleaved runs.
@@ -61,7 +66,7 @@ BIN = Path(sys.executable).parent
 # finds leftovers by it, whoever their parent is now.
 SESSION_VAR = "ORCHESTRATOR_BENCH_SESSION"
 SESSION = uuid.uuid4().hex
-NAMES = ("overhead", "dispatch", "cancel", "events", "memory", "compose")
+NAMES = ("overhead", "dispatch", "cancel", "events", "memory", "compose", "workspace")
 FINAL_TYPES = frozenset(k.FINAL_MESSAGES.values())
 CANCEL_SLEEP_TASK = "Sleep with a forked child"
 
@@ -132,12 +137,17 @@ def session_processes() -> list[psutil.Process]:
 
 
 def new_slug() -> str:
-    """Team slugs of the benchmark: `bench-` and a random part (their compose projects are `team-bench-...`)."""
+    """Team slugs of the benchmark: `bench-` and a random part. Their compose projects are `team-bench-...` (a team),
+    `ws-bench-...` (a workspace) and `sb-bench-...` (a sandbox): see BENCH_PROJECTS."""
     return "bench-" + uuid.uuid4().hex[:12]
 
 
+# Compose project prefixes of the benchmark's teams, workspaces and sandboxes (playbooks/vars/names.yml).
+BENCH_PROJECTS = ("team-bench-", "ws-bench-", "sb-bench-")
+
+
 def _bench_objects(kind: str) -> list[str]:
-    """Ids of the containers or networks that belong to a compose project `team-bench-...`."""
+    """Ids of the containers, networks or volumes that belong to a compose project of the benchmark."""
     listed = subprocess.run(
         ["docker", kind, "ls", "-aq" if kind == "container" else "-q", "--filter", "label=com.docker.compose.project"],
         capture_output=True,
@@ -152,23 +162,24 @@ def _bench_objects(kind: str) -> list[str]:
                 kind,
                 "inspect",
                 "-f",
-                '{{ index .Labels "com.docker.compose.project" }}'
-                if kind == "network"
-                else '{{ index .Config.Labels "com.docker.compose.project" }}',
+                '{{ index .Config.Labels "com.docker.compose.project" }}'
+                if kind == "container"
+                else '{{ index .Labels "com.docker.compose.project" }}',
                 ident,
             ],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.strip()
-        if project.startswith("team-bench-"):
+        if project.startswith(BENCH_PROJECTS):
             found.append(ident)
     return found
 
 
 def remove_bench_teams() -> None:
-    """Remove the containers and networks of every team the benchmark provisioned, and nothing else."""
-    for kind, verb in (("container", ["rm", "-f"]), ("network", ["rm"])):
+    """Remove the containers, networks and volumes of every team, workspace and sandbox the benchmark provisioned,
+    and nothing else."""
+    for kind, verb in (("container", ["rm", "-f"]), ("network", ["rm"]), ("volume", ["rm", "-f"])):
         doomed = _bench_objects(kind)
         if doomed:
             subprocess.run(["docker", kind, *verb, *doomed], capture_output=True, check=False)
@@ -977,6 +988,496 @@ def bench_compose(ctx: Context) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------------------------- 7. workspace
+
+RUN_ENV = ROOT / ".run" / "env"
+# What `make services` prints into .run/env that the workspace and sandbox playbooks need: the local GitHub, the
+# local Microsoft identity platform and Graph, Pebble (ACME), and certificates on. DOMAIN stays kanban.localhost
+# (ctx.base_env, as in scripts/services.sh): pebble-challtestsrv resolves every name to 127.0.0.1 for HTTP-01.
+SERVICE_ENV = (
+    "GITHUB_API_URL",
+    "GITHUB_TOKEN",
+    "GITHUB_ORG",
+    "GITHUB_TEMPLATE_REPO",
+    "AZURE_AUTHORITY_URL",
+    "GRAPH_API_URL",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "ACME_DIRECTORY_URL",
+    "ACME_CA_BUNDLE",
+    "ACME_EMAIL",
+    "ACME_WEBROOT",
+    "ORCHESTRATOR_CERTIFICATES",
+)
+WORKSPACE_SLUG = "ws"
+SANDBOX_SLUG = "sb"
+# The playbooks' steps: the role an Ansible task belongs to (the innermost one), "playbook" for the playbook's own
+# tasks, and "outside tasks" for the rest of the wall time (dispatch, ansible-playbook start-up, parsing, the final
+# status), so that the shares of a run add up to 100 %.
+WORKSPACE_STEPS = (
+    "github_repo",
+    "azure_app",
+    "workspace_app",
+    "database",
+    "certificate",
+    "compose_deploy",
+    "playbook",
+    "outside tasks",
+)
+PROVISIONS = ("workspace.provision", "sandbox.provision")
+
+
+def read_services_env() -> dict[str, str]:
+    """The values SERVICE_ENV names from .run/env (`export K=V` lines, written by `make services`)."""
+    if not RUN_ENV.is_file():
+        raise RuntimeError(f"{RUN_ENV} is missing: the local services are not running (run make services)")
+    values: dict[str, str] = {}
+    for line in RUN_ENV.read_text().splitlines():
+        name, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep:
+            values[name.strip()] = value.strip().strip("'\"")
+    missing = [name for name in SERVICE_ENV if not values.get(name)]
+    if missing:
+        raise RuntimeError(f"{RUN_ENV} has no value for {', '.join(missing)}: run make services")
+    return {name: values[name] for name in SERVICE_ENV}
+
+
+class LocalServices:
+    """The local GitHub, Graph and Pebble of `make services`: reachability, and the benchmark's own leftovers
+    (repositories <team>-ws, app registrations kanban-<team>-ws), found and removed by name."""
+
+    def __init__(self, env: dict[str, str]):
+        import ssl  # noqa: PLC0415
+        import urllib.request  # noqa: PLC0415
+
+        self.env = env
+        self._urllib = urllib.request
+        # Loopback services: no proxy from the environment; Pebble's listener is signed by the project's test CA.
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=env["ACME_CA_BUNDLE"])),
+        )
+        self._graph_token: str | None = None
+
+    def _call(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        import urllib.error  # noqa: PLC0415
+
+        request = self._urllib.Request(url, data=body, method=method, headers=headers or {})
+        try:
+            with self._opener.open(request, timeout=15) as reply:
+                return int(reply.status), reply.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+    def _github(self, method: str, path: str) -> int:
+        status, _ = self._call(
+            method,
+            self.env["GITHUB_API_URL"].rstrip("/") + path,
+            headers={"Authorization": f"Bearer {self.env['GITHUB_TOKEN']}", "Accept": "application/vnd.github+json"},
+        )
+        return status
+
+    def _graph(self, method: str, path: str) -> tuple[int, Any]:
+        import urllib.parse  # noqa: PLC0415
+
+        if self._graph_token is None:
+            form = urllib.parse.urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "client_id": self.env["AZURE_CLIENT_ID"],
+                    "client_secret": self.env["AZURE_CLIENT_SECRET"],
+                    "scope": "https://graph.microsoft.com/.default",
+                }
+            ).encode()
+            url = f"{self.env['AZURE_AUTHORITY_URL'].rstrip('/')}/{self.env['AZURE_TENANT_ID']}/oauth2/v2.0/token"
+            status, raw = self._call(
+                "POST", url, headers={"Content-Type": "application/x-www-form-urlencoded"}, body=form
+            )
+            if status != 200:
+                raise RuntimeError(f"the local Graph refused a token ({status}): run make services")
+            self._graph_token = str(json.loads(raw)["access_token"])
+        status, raw = self._call(
+            method,
+            self.env["GRAPH_API_URL"].rstrip("/") + path,
+            headers={"Authorization": f"Bearer {self._graph_token}"},
+        )
+        return status, json.loads(raw) if raw.strip() else None
+
+    def check(self) -> None:
+        """Fail early, with the fix, when a service is down."""
+        import urllib.error  # noqa: PLC0415
+
+        checks: tuple[tuple[str, Callable[[], bool]], ...] = (
+            ("local GitHub", lambda: self._github("GET", "/rate_limit") == 200),
+            ("local Graph", lambda: self._graph("GET", "/applications?$top=1")[0] == 200),
+            ("Pebble", lambda: self._call("GET", self.env["ACME_DIRECTORY_URL"])[0] == 200),
+        )
+        for name, check in checks:
+            try:
+                ok = check()
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                raise RuntimeError(f"the {name} is not reachable ({exc}): run make services") from exc
+            if not ok:
+                raise RuntimeError(f"the {name} does not answer as expected: run make services")
+
+    def repo(self, team: str) -> str:
+        return f"{team}-{WORKSPACE_SLUG}"
+
+    def app_name(self, team: str) -> str:
+        return f"kanban-{team}-{WORKSPACE_SLUG}"
+
+    def app_ids(self, team: str) -> list[str]:
+        import urllib.parse  # noqa: PLC0415
+
+        query = urllib.parse.quote(f"displayName eq '{self.app_name(team)}'")
+        status, data = self._graph("GET", f"/applications?$filter={query}&$select=id,displayName")
+        if status != 200:
+            raise RuntimeError(f"the local Graph answered {status} to a list of applications")
+        return [str(app["id"]) for app in data.get("value", [])]
+
+    def leftovers(self, team: str) -> list[str]:
+        """What of a workspace of `team` is still there: repository, app registration, compose projects."""
+        found = []
+        if self._github("GET", f"/repos/{self.env['GITHUB_ORG']}/{self.repo(team)}") != 404:
+            found.append(f"repository {self.env['GITHUB_ORG']}/{self.repo(team)}")
+        if self.app_ids(team):
+            found.append(f"app registration {self.app_name(team)}")
+        for project in (f"ws-{team}-{WORKSPACE_SLUG}", f"sb-{team}-{WORKSPACE_SLUG}-{SANDBOX_SLUG}"):
+            listed = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            if listed:
+                found.append(f"compose project {project} ({len(listed)} containers)")
+        return found
+
+    def sweep(self, team: str) -> None:
+        """Last resort after a failed run: remove the repository and the app registration by name."""
+        self._github("DELETE", f"/repos/{self.env['GITHUB_ORG']}/{self.repo(team)}")
+        for app_id in self.app_ids(team):
+            self._graph("DELETE", f"/applications/{app_id}")
+
+
+def ansible_steps(redis: Redis, task_id: str) -> tuple[dict[str, float], dict[str, float], int]:
+    """Seconds per step of a run and per Ansible task ("role : task"), from the ansible.event messages of the task's
+    stream (Worker._event_sink: one per finished Ansible task, with its role and duration), and how many retries the
+    worker announced."""
+    steps: dict[str, float] = {}
+    tasks: dict[str, float] = {}
+    retries = 0
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrange(k.task_stream(task_id))  # type: ignore[assignment]
+    for _id, fields in entries:
+        message = json.loads(fields[b"data"])
+        if message.get("type") == k.MSG_ANSIBLE_EVENT:
+            step = str(message.get("role") or "playbook")
+            seconds = float(message.get("duration") or 0.0)
+            steps[step] = steps.get(step, 0.0) + seconds
+            name = f"{step} : {message.get('task')}"
+            tasks[name] = tasks.get(name, 0.0) + seconds
+        elif message.get("type") == k.MSG_PROGRESS and str(message.get("message", "")).startswith("retrying in"):
+            retries += 1
+    return steps, tasks, retries
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create a file readable by its owner only (it holds the orchestrator's credentials), as `orchestrator vars`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def slowest_tasks(runs: list[dict[str, Any]], count: int = 6) -> dict[str, float]:
+    """The Ansible tasks that took longest, median over the runs (a task a run did not have counts 0)."""
+    names = {name for run in runs for name in run["tasks"]}
+    medians = {name: statistics.median(run["tasks"].get(name, 0.0) for run in runs) for name in names}
+    ranked = sorted(medians.items(), key=lambda item: item[1], reverse=True)[:count]
+    return {name: round(seconds, 3) for name, seconds in ranked}
+
+
+def bench_workspace(ctx: Context) -> dict[str, Any]:
+    """workspace.provision, then sandbox.provision of a sandbox of it, through a worker (LPUSH -> task.completed) vs
+    bare ansible-playbook with the same vars, in interleaved pairs on fresh slugs; each step's share of the
+    orchestrated runs from their Ansible events. Deletes (sandbox, then workspace) between runs, untimed."""
+    from pydantic import SecretStr  # noqa: PLC0415 - heavy imports only for this benchmark
+
+    from orchestrator.config import SECRET_ENV, Settings  # noqa: PLC0415
+    from orchestrator.constants import TaskType  # noqa: PLC0415
+    from orchestrator.models import PAYLOADS  # noqa: PLC0415
+
+    rounds = 2 if ctx.quick else 4
+    user = "bench-workspace"
+    services = LocalServices(read_services_env())
+    services.check()
+    public_services = {name: v for name, v in services.env.items() if name not in SECRET_ENV}
+
+    worker = WorkerProcess(ctx, "workspace", concurrency=1, playbook_dir=None)
+    # No renewal run at start-up in the middle of the measurements (the benchmark's certificates are all new).
+    worker.env.update({**services.env, "ORCHESTRATOR_CERT_RENEW_INTERVAL": "0"})
+    bare_dir = ctx.tmp / "workspace-bare"
+    bare_log = bare_dir / "ansible-playbook.log"
+
+    def settings_for(data_dir: Path, state_dir: Path) -> Settings:
+        return Settings(
+            domain=ctx.base_env["DOMAIN"],
+            portal_api_url=ctx.base_env["PORTAL_API_URL"],
+            github_api_url=services.env["GITHUB_API_URL"],
+            github_token=SecretStr(services.env["GITHUB_TOKEN"]),
+            github_org=services.env["GITHUB_ORG"],
+            github_template=services.env["GITHUB_TEMPLATE_REPO"],
+            azure_authority_url=services.env["AZURE_AUTHORITY_URL"],
+            graph_api_url=services.env["GRAPH_API_URL"],
+            azure_tenant_id=services.env["AZURE_TENANT_ID"],
+            azure_client_id=services.env["AZURE_CLIENT_ID"],
+            azure_client_secret=SecretStr(services.env["AZURE_CLIENT_SECRET"]),
+            acme_directory_url=services.env["ACME_DIRECTORY_URL"],
+            acme_email=services.env["ACME_EMAIL"],
+            acme_ca_bundle=Path(services.env["ACME_CA_BUNDLE"]),
+            acme_webroot=Path(services.env["ACME_WEBROOT"]),
+            certificates=services.env["ORCHESTRATOR_CERTIFICATES"].strip().lower() in ("1", "true", "yes", "on"),
+            data_dir=data_dir,
+            state_dir=state_dir,
+        )
+
+    bare_settings = settings_for(bare_dir / "data", bare_dir / "state")
+    # For the deletes after a failure, by hand in the worker's folders.
+    worker_settings = settings_for(worker.data_dir, worker.state_dir)
+    for folder in (bare_settings.data_dir, bare_settings.state_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    # The environment a worker's run gets: the worker's own (no secrets: it scrubs them) + Settings.playbook_env().
+    bare_base_env = {
+        **{name: v for name, v in ctx.base_env.items() if name not in SECRET_ENV},
+        **public_services,
+        "ORCHESTRATOR_CERT_RENEW_INTERVAL": "0",
+    }
+    live: dict[str, Settings] = {}  # teams whose workspace may exist, and the folders their files are in
+
+    def by_hand(task_type: str, payload: dict[str, Any], settings: Settings) -> dict[str, float]:
+        """One bare ansible-playbook run, with the vars Worker._extravars gives the task's run."""
+        model = PAYLOADS[TaskType(task_type)].model_validate(payload)
+        extravars = {
+            **model.model_dump(exclude_none=True),
+            "orchestrator_task_id": str(uuid.uuid4()),
+            "orchestrator_task_type": task_type,
+            "orchestrator_resource_id": str(uuid.uuid4()),
+            "orchestrator_user_id": user,
+            **settings.service_vars(),
+        }
+        vars_file = bare_dir / f"vars-{uuid.uuid4().hex}.yml"
+        write_private(vars_file, unsafe_vars_yaml(extravars))  # how the worker writes them, 0600
+        try:
+            with bare_log.open("ab") as out:
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(
+                    [
+                        str(BIN / "ansible-playbook"),
+                        "-i",
+                        "inventory",
+                        f"playbooks/{task_type}.yml",
+                        "-e",
+                        f"@{vars_file}",
+                    ],
+                    cwd=ROOT,
+                    env={**bare_base_env, **settings.playbook_env()},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+                _pid, wait_status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - t0
+        finally:
+            vars_file.unlink(missing_ok=True)
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        if proc.returncode != 0:
+            tail = " | ".join(bare_log.read_text(errors="replace").strip().splitlines()[-6:])
+            raise RuntimeError(f"bare {task_type} exited {proc.returncode}: {tail}")
+        return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime}
+
+    def delete_by_hand(team: str, settings: Settings) -> None:
+        payload = {"team_slug": team, "workspace_slug": WORKSPACE_SLUG}
+        by_hand("sandbox.delete", {**payload, "sandbox_slug": SANDBOX_SLUG}, settings)
+        by_hand("workspace.delete", payload, settings)
+
+    def check_gone(team: str) -> None:
+        left = services.leftovers(team)
+        if left:
+            raise RuntimeError(f"the deletes of {team} left {', '.join(left)}")
+
+    worker.start()
+    sub = Subscriber(ctx.redis.url, user)
+    try:
+
+        def through_worker(task_type: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+            cpu0 = worker.cpu()
+            t0 = time.perf_counter()
+            task_id = client.submit(ctx.r, task_type, payload, user_id=user)
+            t_started, _ = sub.wait_type(task_id, {k.MSG_STARTED}, 120)
+            t_final, final = sub.wait_type(task_id, FINAL_TYPES, timeout)
+            status = client.status(ctx.r, task_id)
+            if final.get("type") != k.MSG_COMPLETED or status.get("status") != "completed":
+                raise RuntimeError(
+                    f"{task_type} through the worker ended {final.get('type')}/{status.get('status')}: "
+                    f"{status.get('error') or final.get('error')}"
+                )
+            sub.forget(task_id)
+            time.sleep(0.05)  # let the worker reap and account the run's CPU
+            steps, tasks, retries = ansible_steps(ctx.r, task_id)
+            wall = t_final - t0
+            steps["outside tasks"] = max(0.0, wall - sum(steps.values()))
+            return {
+                "wall": wall,
+                "dispatch": t_started - t0,
+                "run": t_final - t_started,
+                "cpu": worker.cpu() - cpu0,
+                "steps": steps,
+                "tasks": tasks,
+                "retries": retries,
+            }
+
+        def orchestrated() -> dict[str, Any]:
+            team = new_slug()
+            live[team] = worker_settings
+            payload = {"team_slug": team, "workspace_slug": WORKSPACE_SLUG}
+            runs = {
+                "workspace.provision": through_worker("workspace.provision", payload, 1800),
+                "sandbox.provision": through_worker(
+                    "sandbox.provision", {**payload, "sandbox_slug": SANDBOX_SLUG}, 1200
+                ),
+            }
+            t0 = time.perf_counter()
+            through_worker("sandbox.delete", {**payload, "sandbox_slug": SANDBOX_SLUG}, 600)
+            through_worker("workspace.delete", payload, 900)
+            check_gone(team)
+            del live[team]
+            return {**runs, "cleanup_s": time.perf_counter() - t0}
+
+        def bare() -> dict[str, Any]:
+            team = new_slug()
+            live[team] = bare_settings
+            payload = {"team_slug": team, "workspace_slug": WORKSPACE_SLUG}
+            runs = {
+                "workspace.provision": by_hand("workspace.provision", payload, bare_settings),
+                "sandbox.provision": by_hand(
+                    "sandbox.provision", {**payload, "sandbox_slug": SANDBOX_SLUG}, bare_settings
+                ),
+            }
+            if services.leftovers(team) == []:
+                raise RuntimeError(f"bare run of {team}: no repository, app registration or app found")
+            t0 = time.perf_counter()
+            delete_by_hand(team, bare_settings)
+            check_gone(team)
+            del live[team]
+            return {**runs, "cleanup_s": time.perf_counter() - t0}
+
+        # The worker lists each playbook's tasks once (a new state folder): an untimed round through it first, which
+        # warms the machine's caches (Python, Ansible, the engine) for the bare runs too.
+        log("workspace: warm-up (the worker lists each playbook's tasks once)")
+        warm_orch = orchestrated()
+        orch_runs: list[dict[str, Any]] = []
+        bare_runs: list[dict[str, Any]] = []
+        loads: list[float] = []  # 1-minute load average after each pair: other work on the machine shows here
+        for i in range(rounds):
+            if i % 2 == 0:
+                orch_runs.append(orchestrated())
+                bare_runs.append(bare())
+            else:
+                bare_runs.append(bare())
+                orch_runs.append(orchestrated())
+            o, b = orch_runs[-1], bare_runs[-1]
+            log(
+                f"workspace: pair {i + 1}/{rounds}: workspace.provision orchestrator "
+                f"{o['workspace.provision']['wall']:.2f}s / bare {b['workspace.provision']['wall']:.2f}s, "
+                f"sandbox.provision {o['sandbox.provision']['wall']:.2f}s / {b['sandbox.provision']['wall']:.2f}s "
+                f"(load average {os.getloadavg()[0]:.1f})"
+            )
+            loads.append(round(os.getloadavg()[0], 2))
+        memory_after = worker.memory()
+    finally:
+        sub.close()
+        worker.stop()
+        for team, settings in list(live.items()):  # a failed run: delete by hand, then by name what is still there
+            log(f"workspace: cleaning up after a failure: {team}")
+            with contextlib.suppress(Exception):
+                delete_by_hand(team, settings)
+            with contextlib.suppress(Exception):
+                services.sweep(team)
+        remove_bench_teams()
+
+    def med(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
+
+    result: dict[str, Any] = {
+        "pairs": rounds,
+        "playbooks": [f"playbooks/{name}.yml" for name in PROVISIONS],
+        "domain": ctx.base_env["DOMAIN"],
+        "certificates": bare_settings.certificates,
+        "warmup_orchestrator_s": {name: round(warm_orch[name]["wall"], 3) for name in PROVISIONS},
+        "cleanup_median_s": {
+            "orchestrator": med([r["cleanup_s"] for r in orch_runs]),
+            "bare": med([r["cleanup_s"] for r in bare_runs]),
+        },
+        "retries": sum(r[name]["retries"] for r in orch_runs for name in PROVISIONS),
+        "worker_memory_after_mb": memory_after,
+    }
+    targets = []
+    both_ratios = [
+        sum(o[n]["wall"] for n in PROVISIONS) / sum(b[n]["wall"] for n in PROVISIONS)
+        for o, b in zip(orch_runs, bare_runs, strict=True)
+    ]
+    result["ratio_both_median"] = med(both_ratios)
+    result["load_average_after_pairs"] = loads
+    # A pair is disturbed when either side took 1.5x its side's median (both playbooks together): machine noise.
+    o_walls = [sum(r[n]["wall"] for n in PROVISIONS) for r in orch_runs]
+    b_walls = [sum(r[n]["wall"] for n in PROVISIONS) for r in bare_runs]
+    o_med, b_med = statistics.median(o_walls), statistics.median(b_walls)
+    disturbed = [i for i, (o, b) in enumerate(zip(o_walls, b_walls, strict=True)) if o > 1.5 * o_med or b > 1.5 * b_med]
+    result["disturbed_pairs"] = disturbed
+    for name in PROVISIONS:
+        orch = [r[name] for r in orch_runs]
+        by = [r[name] for r in bare_runs]
+        ratios = [o["wall"] / b["wall"] for o, b in zip(orch, by, strict=True)]
+        clean = [r for i, r in enumerate(ratios) if i not in disturbed]
+        steps: dict[str, dict[str, float]] = {}
+        for step in WORKSPACE_STEPS:
+            seconds = [run["steps"].get(step, 0.0) for run in orch]
+            if not any(seconds):
+                continue
+            shares = [100 * s / run["wall"] for s, run in zip(seconds, orch, strict=True)]
+            steps[step] = {"s": round(statistics.median(seconds), 3), "share_pct": round(statistics.median(shares), 1)}
+        for step in sorted({s for run in orch for s in run["steps"]} - set(WORKSPACE_STEPS)):
+            seconds = [run["steps"].get(step, 0.0) for run in orch]
+            shares = [100 * s / run["wall"] for s, run in zip(seconds, orch, strict=True)]
+            steps[step] = {"s": round(statistics.median(seconds), 3), "share_pct": round(statistics.median(shares), 1)}
+        result[name] = {
+            "orchestrator_wall_median_s": med([r["wall"] for r in orch]),
+            "bare_wall_median_s": med([r["wall"] for r in by]),
+            "orchestrator_dispatch_median_s": med([r["dispatch"] for r in orch]),
+            "orchestrator_run_median_s": med([r["run"] for r in orch]),
+            "orchestrator_cpu_median_s": med([r["cpu"] for r in orch]),
+            "bare_cpu_median_s": med([r["cpu"] for r in by]),
+            "ratio_median": med(ratios),
+            "ratio_min": round(min(ratios), 4),
+            "ratio_max": round(max(ratios), 4),
+            "ratios": [round(r, 4) for r in ratios],
+            "ratio_median_undisturbed": med(clean) if clean else None,
+            "cpu_ratio_median": med([o["cpu"] / b["cpu"] for o, b in zip(orch, by, strict=True) if b["cpu"] > 0]),
+            "orchestrator_wall_s": [round(r["wall"], 3) for r in orch],
+            "bare_wall_s": [round(r["wall"], 3) for r in by],
+            "steps": steps,
+            "slowest_tasks_median_s": slowest_tasks(orch),
+        }
+        targets.append(
+            Target(f"workspace: orchestrator/bare wall ratio, {name} (median of pairs)", med(ratios), "<=", 1.10, "x")
+        )
+    result["targets"] = targets
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -986,6 +1487,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "events": bench_events,
     "memory": bench_memory,
     "compose": bench_compose,
+    "workspace": bench_workspace,
 }
 
 
@@ -1091,6 +1593,8 @@ def row_lines(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
                     "",
                 )
             )
+        elif name == "workspace":
+            rows.extend(workspace_rows(res))
         elif name == "memory":
             rows.append(("memory: idle VmHWM", f"{res['idle_vmhwm_mb']} MB (start-up {res['startup_s']} s)", "", ""))
         for t in res.get("targets", []):
@@ -1108,6 +1612,69 @@ def row_lines(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
                     "",
                 )
             )
+    return rows
+
+
+def workspace_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    for label, key in (
+        ("orchestrator wall", "orchestrator_wall_median_s"),
+        ("bare ansible-playbook wall", "bare_wall_median_s"),
+    ):
+        rows.append(
+            (f"workspace: {label} (median)", " / ".join(f"{n} {res[n][key]:.2f} s" for n in PROVISIONS), "", "")
+        )
+    rows.append(
+        (
+            "workspace: orchestrator split (median)",
+            " / ".join(
+                f"{n} LPUSH->started {res[n]['orchestrator_dispatch_median_s'] * 1000:.0f} ms" for n in PROVISIONS
+            ),
+            "",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "workspace: CPU per run (median)",
+            " / ".join(
+                f"{n} orch {res[n]['orchestrator_cpu_median_s']:.1f} s vs bare {res[n]['bare_cpu_median_s']:.1f} s "
+                f"(ratio {res[n]['cpu_ratio_median']:.3f})"
+                for n in PROVISIONS
+            ),
+            "",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "workspace: ratio min / max",
+            " / ".join(f"{n} {res[n]['ratio_min']:.3f} / {res[n]['ratio_max']:.3f}" for n in PROVISIONS)
+            + f" (n={res['pairs']}); both together, median {res['ratio_both_median']:.3f}; "
+            f"{len(res['disturbed_pairs'])} disturbed pairs; load average after each {res['load_average_after_pairs']}",
+            "",
+            "",
+        )
+    )
+    for n in PROVISIONS:
+        steps = res[n]["steps"]
+        rows.append(
+            (
+                f"workspace: {n} steps (median s, share)",
+                ", ".join(f"{step} {v['s']:.2f} s {v['share_pct']:.0f}%" for step, v in steps.items()),
+                "",
+                "",
+            )
+        )
+    rows.append(
+        (
+            "workspace: deletes between runs (median, untimed)",
+            f"orch {res['cleanup_median_s']['orchestrator']:.2f} s, bare {res['cleanup_median_s']['bare']:.2f} s; "
+            f"retries {res['retries']}",
+            "",
+            "",
+        )
+    )
     return rows
 
 
@@ -1160,7 +1727,11 @@ def environment(quick: bool) -> Iterator[Context]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer samples (about a minute and a half)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer samples (about a minute and a half; workspace alone takes 5 to 10 minutes)",
+    )
     parser.add_argument("--only", choices=NAMES, action="append", help="run only this benchmark (repeatable)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args(argv)
