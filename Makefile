@@ -45,7 +45,7 @@ unit:
 	pytest -q tests/unit
 
 integration:
-	pytest -q tests/integration tests/contract
+	pytest -q --durations=25 tests/integration tests/contract
 
 molecule:
 	bash scripts/molecule-all.sh

@@ -30,7 +30,7 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reads Graph and reports what would change, writing nothing.
+    description: Reads Graph and reports what would change, writing nothing but the token cache and the lock file.
   diff_mode:
     support: none
 options:
@@ -47,6 +47,8 @@ options:
     description:
       - With O(state=present), whether to create the application when it does not exist. When false, a missing
         application fails (or, with O(redirect_uris_state=absent), is no change, since its URIs went with it).
+        In check mode a missing application does not fail; the change is reported as if it existed, with a
+        warning (a check of the step that creates it could not create it).
     type: bool
     default: true
   redirect_uris:
@@ -272,8 +274,21 @@ class AzureApp:
         adding = self.params["redirect_uris_state"] == "present"
         if app is None:
             if not self.params["create"]:
-                if adding or self.params["credential_file"]:
+                if not (adding or self.params["credential_file"]):
+                    return
+                if not self.module.check_mode:
                     raise GraphError("application {!r} does not exist".format(self.params["name"]))
+                # Check mode: the application a check of an earlier step could not create (a workspace's, before
+                # its sandbox's URI is added). What would change once it exists is reported, with a warning.
+                self.module.warn(
+                    "application {!r} does not exist: a real run fails unless it is created first; check mode "
+                    "reports the change as if it existed".format(self.params["name"])
+                )
+                self.result.update(
+                    changed=True,
+                    redirect_uris=list(wanted) if adding else [],
+                    redirect_uris_changed=list(wanted) if adding else [],
+                )
                 return
             self.result.update(changed=True, exists=True, redirect_uris=list(wanted) if adding else [])
             self.result["redirect_uris_changed"] = list(wanted) if adding else []

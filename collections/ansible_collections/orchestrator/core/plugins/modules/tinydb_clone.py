@@ -30,7 +30,10 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reads the source to report what would change, and writes nothing, not even a lock file.
+    description:
+      - Reads the source to report what would change, and writes nothing, not even a lock file.
+      - A source that does not exist does not fail in check mode (a check of the step that creates it could not
+        create it); the clone is reported as a change, with a warning.
   diff_mode:
     support: none
 options:
@@ -467,6 +470,11 @@ class TinyDBClone:
                 "reads": 0,
                 "locked": False,
             }
+        if self.module.check_mode and not os.path.lexists(self.src):
+            # A source that a check of the step that creates it could not create (a workspace's database, before
+            # its sandbox's clone): the clone is reported as it would be made from an empty database.
+            self.module.warn(f"{self.src} does not exist: a real run fails unless it is created first")
+            return {"changed": True, "created": created, "size": 2, "tables": 0, "reads": 0, "locked": False}
         try:
             snapshot = read_snapshot(self.src, self.lock_timeout, create_lock=not self.module.check_mode)
             if not self.module.check_mode:
