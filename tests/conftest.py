@@ -181,18 +181,23 @@ def services_env() -> dict[str, str]:
     return values
 
 
-# Certificates are on in the tests, as in the demo: every provision gets one from the local Pebble (make services).
+# Workers always know the local Pebble (make services); provisions get certificates from it in the tests marked
+# `certificates` (every certificate flow, the workspace and sandbox lifecycle, the faults, the runs by hand), as in
+# the demo. The others leave them off: an order is 40% of a provision's time, and they test something else.
 ACME_ENV = ("ACME_DIRECTORY_URL", "ACME_CA_BUNDLE", "ACME_EMAIL", "ACME_WEBROOT")
 
 
 @pytest.fixture
-def env(redis: redis_lib.Redis, redis_server: RedisServer, tmp_path: Path, plans_dir: Path) -> Iterator[Env]:
+def env(
+    request: pytest.FixtureRequest, redis: redis_lib.Redis, redis_server: RedisServer, tmp_path: Path, plans_dir: Path
+) -> Iterator[Env]:
     data = tmp_path / "data"
     data.mkdir()
     environment = Env(redis_server.url, data, plans_dir, tmp_path)
     services = services_env()
     environment.extra.update({name: services[name] for name in ACME_ENV})
-    environment.extra["ORCHESTRATOR_CERTIFICATES"] = "true"
+    certificates = request.node.get_closest_marker("certificates") is not None
+    environment.extra["ORCHESTRATOR_CERTIFICATES"] = "true" if certificates else "false"
     yield environment
     for worker in environment.workers:
         if worker.process.poll() is None:

@@ -5,25 +5,30 @@ what the check of an earlier one could not create) and on an existing one; real 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import stat
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import BIN, ROOT, Env
 from tests.contract.conftest import CLIENT_SECRET, ORG, TENANT, TOKEN, GitHub, Graph
-from tests.integration.conftest import TEMPLATE, app_serves, apps, ls_remote, project_containers
+from tests.integration.conftest import (
+    app_serves,
+    apps,
+    assert_same,
+    docker_state,
+    ls_remote,
+    project_containers,
+    snapshot,
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.certificates]
 
 TEAM = "hand"  # not "acme": other tests use it, and containers are named after the team
 WS = {"team_slug": TEAM, "workspace_slug": "web"}
@@ -100,6 +105,12 @@ class ByHand:
             return {name: future.result() for name, future in futures.items()}
 
 
+def assert_unchanged(before: dict[str, Any], after: dict[str, Any], runs: dict[str, Run]) -> None:
+    """The state after check runs is the state before them."""
+    assert all(run.check for run in runs.values())
+    assert_same(before, after, "check runs")
+
+
 def changed_tasks(run: Run) -> list[str]:
     """The names of the tasks a run reported changed (for the failure messages)."""
     names: list[str] = []
@@ -110,91 +121,6 @@ def changed_tasks(run: Run) -> list[str]:
         elif line.startswith("changed:") and (not names or names[-1] != current):
             names.append(current)
     return names
-
-
-# -- the real state of everything a playbook could touch ---------------------------------------------------------
-
-
-def files(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every file, folder and link under root: mode, owner, group, and the SHA-256 of a file's content."""
-    tree: dict[str, tuple[Any, ...]] = {}
-    for folder, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = Path(folder, name)
-            info = path.lstat()
-            entry: tuple[Any, ...] = (oct(info.st_mode), info.st_uid, info.st_gid)
-            if stat.S_ISREG(info.st_mode):
-                entry += (hashlib.sha256(path.read_bytes()).hexdigest(),)
-            elif stat.S_ISLNK(info.st_mode):
-                entry += (os.readlink(path),)
-            tree[str(path.relative_to(root))] = entry
-    return tree
-
-
-def docker(*argv: str) -> list[str]:
-    out = subprocess.run(["docker", *argv], capture_output=True, text=True, check=True).stdout
-    return sorted(line for line in out.splitlines() if TEAM in line)
-
-
-def docker_state() -> dict[str, list[str]]:
-    return {
-        "containers": docker("ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Image}} {{.State}} {{.CreatedAt}}"),
-        "networks": docker("network", "ls", "--format", "{{.ID}} {{.Name}}"),
-        "volumes": docker("volume", "ls", "--format", "{{.Name}}"),
-    }
-
-
-def github_state(github: GitHub) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-    for name in (TEMPLATE.split("/")[1], REPO):
-        reply = github.call("GET", f"/repos/{ORG}/{name}")
-        state[name] = None
-        if reply.status == 200:
-            state[name] = {"default_branch": reply.json()["default_branch"], "heads": ls_remote(github, name)}
-        else:
-            assert reply.status == 404, reply.data
-    return state
-
-
-def graph_state(graph: Graph) -> list[dict[str, Any]]:
-    reply = graph.call("GET", "/applications")
-    assert reply.status == 200, reply.data
-    return sorted(
-        (
-            {
-                "id": app["id"],
-                "appId": app["appId"],
-                "displayName": app["displayName"],
-                "redirectUris": sorted((app.get("web") or {}).get("redirectUris") or []),
-                "secrets": sorted((c["keyId"], c.get("endDateTime")) for c in app.get("passwordCredentials") or []),
-            }
-            for app in reply.json()["value"]
-        ),
-        key=lambda app: str(app["displayName"]),
-    )
-
-
-def snapshot(env: Env, github: GitHub | None = None, graph: Graph | None = None) -> dict[str, Any]:
-    return {
-        "files": files(env.data_dir),
-        "docker": docker_state(),
-        "github": github_state(github) if github else None,
-        "graph": graph_state(graph) if graph else None,
-    }
-
-
-def assert_unchanged(before: dict[str, Any], after: dict[str, Any], runs: dict[str, Run]) -> None:
-    """The state after check runs is the state before them, part by part (files named one by one)."""
-    assert all(run.check for run in runs.values())
-    for part, then in before.items():
-        now = after[part]
-        if part == "files":
-            added = sorted(set(now) - set(then))
-            removed = sorted(set(then) - set(now))
-            modified = sorted(path for path in set(then) & set(now) if then[path] != now[path])
-            assert not (added or removed or modified), f"check runs changed files: {added=} {removed=} {modified=}"
-        else:
-            assert now == then, f"check runs changed {part}: {then} -> {now}"
 
 
 # -- the test ----------------------------------------------------------------------------------------------------
@@ -228,10 +154,10 @@ def test_every_playbook_by_hand(env: Env, github: GitHub, graph: Graph) -> None:
 
     # 1. Fresh: nothing exists. The sandbox's check depends on the workspace that a check could not create, restart
     # and suspend on a team a check could not provision: they go on, saying so. Nothing changes anywhere.
-    fresh = snapshot(env, github, graph)
-    assert fresh["github"][REPO] is None and fresh["graph"] == [] and fresh["docker"]["containers"] == []
+    fresh = snapshot(env, github, graph, TEAM)
+    assert f"{ORG}/{REPO}" not in fresh["github"] and fresh["graph"] == [] and fresh["docker"]["containers"] == []
     checks = hand.checks(*EVERY_PLAY)
-    assert_unchanged(fresh, snapshot(env, github, graph), checks)
+    assert_unchanged(fresh, snapshot(env, github, graph, TEAM), checks)
     # What a real run would do is reported as changed: the repository, the app, the folders, the containers...
     for name in ("workspace.provision", "sandbox.provision", "team.provision"):
         assert checks[name].changed >= 8, (name, changed_tasks(checks[name]))
@@ -273,9 +199,9 @@ def test_every_playbook_by_hand(env: Env, github: GitHub, graph: Graph) -> None:
 
     # 3. Existing: the provisions' and the renewal's checks change nothing and say so; the others report what they
     # would do (workspace.delete goes on past the sandbox a real run would refuse); nothing changes anywhere.
-    existing = snapshot(env, github, graph)
+    existing = snapshot(env, github, graph, TEAM)
     checks = hand.checks(*EVERY_PLAY)
-    assert_unchanged(existing, snapshot(env, github, graph), checks)
+    assert_unchanged(existing, snapshot(env, github, graph, TEAM), checks)
     for name in ("workspace.provision", "sandbox.provision", "sandbox.agent.restart", "team.provision"):
         assert checks[name].changed == 0, (name, changed_tasks(checks[name]))
     assert checks["certificates.renew"].changed == 0, changed_tasks(checks["certificates.renew"])
@@ -295,7 +221,7 @@ def test_every_playbook_by_hand(env: Env, github: GitHub, graph: Graph) -> None:
     assert github.call("GET", f"/repos/{ORG}/{REPO}").status == 404
     assert apps(graph, APP) == []
     assert not team_dir.exists()
-    assert docker_state() == {"containers": [], "networks": [], "volumes": []}
+    assert docker_state(TEAM) == {"containers": [], "networks": [], "volumes": []}
     assert not any((certificates / host).exists() for host in (WS_HOST, SB_HOST, f"{TEAM}.{DOMAIN}"))
     secret = creds["AZURE_CLIENT_SECRET"]
     assert all(secret not in run.output for run in hand.runs)

@@ -22,7 +22,7 @@ from orchestrator import constants as k
 from tests.conftest import BIN, Env, envelope, free_port, push, services_env, task_hash, wait_for
 from tests.integration.test_workspaces import redis_dump
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.certificates]
 
 SERVICES = services_env()
 

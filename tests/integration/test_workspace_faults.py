@@ -6,7 +6,6 @@ which finishes the rollback instead of running the provision again."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -22,79 +21,31 @@ import redis as redis_lib
 from orchestrator import constants as k
 from tests.conftest import Env, envelope, push, stream_messages, task_hash, wait_final, wait_for
 from tests.contract.conftest import ORG, GitHub, Graph
-from tests.integration.conftest import CHALLTESTSRV, PLAIN, SB, WS, not_retried
+from tests.integration.conftest import (
+    CHALLTESTSRV,
+    PLAIN,
+    SB,
+    WS,
+    assert_same,
+    not_retried,
+    project_containers,
+    snapshot,
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.certificates]
 
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"}
+
+# What every provision shares, kept whatever happens to one: the certificates folder and the ACME account key; and
+# the database role's <db>.lock beside a database, a convention, not a resource.
+IGNORE = ("certificates", "certificates/.account", "certificates/.account/*", "*.lock")
+
+
+def state(env: Env, github: GitHub, graph: Graph) -> dict[str, Any]:
+    return snapshot(env, github, graph, "acme", IGNORE)
 
 
 def _lines(*args: str) -> list[str]:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
-
-
-# What every provision shares, kept whatever happens to one: the certificates folder and the ACME account key.
-SHARED = ("certificates", "certificates/.account")
-
-
-def snapshot(env: Env, github: GitHub, graph: Graph) -> dict[str, Any]:
-    """The real state of every part a workspace or sandbox touches: the GitHub server's bare repositories and
-    their refs, the Graph applications with their redirect URIs and secrets, the compose containers and networks
-    of team acme, and every file under the data folder (path, mode, content hash). Lock files are left out: the
-    database role's <db>.lock beside a database is a convention, not a resource; so is SHARED."""
-    repos: dict[str, list[str]] = {}
-    for bare in sorted((github.data_dir / "repos").glob("*/*.git")):
-        refs = _lines("git", "--git-dir", str(bare), "for-each-ref", "--format=%(refname)")
-        repos[f"{bare.parent.name}/{bare.name}"] = sorted(refs)
-    reply = graph.call("GET", "/applications")
-    assert reply.status == 200, reply.data
-    applications = sorted(
-        (
-            app["displayName"],
-            tuple(sorted(app["web"]["redirectUris"])),
-            tuple(sorted(c["keyId"] for c in app["passwordCredentials"])),
-        )
-        for app in reply.json()["value"]
-    )
-    containers = [
-        name
-        for name in _lines("docker", "ps", "-a", "--format", "{{.Names}}")
-        if name.startswith(("ws-acme-", "sb-acme-"))
-    ]
-    networks = [
-        n for n in _lines("docker", "network", "ls", "--format", "{{.Name}}") if n.startswith(("ws-acme-", "sb-acme-"))
-    ]
-    files: dict[str, str] = {}
-    for path in sorted(env.data_dir.rglob("*")):
-        rel = str(path.relative_to(env.data_dir))
-        if path.name.endswith(".lock") or rel in SHARED or rel.startswith(tuple(f"{s}/" for s in SHARED)):
-            continue
-        mode = oct(path.lstat().st_mode)
-        if path.is_file() and not path.is_symlink():
-            files[rel] = f"{mode} {hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
-        else:
-            files[rel] = mode
-    return {
-        "repos": repos,
-        "applications": applications,
-        "containers": sorted(containers),
-        "networks": sorted(networks),
-        "files": files,
-    }
-
-
-def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
-    for part, was in before.items():
-        now = after[part]
-        if part == "files":
-            added = sorted(set(now) - set(was))
-            removed = sorted(set(was) - set(now))
-            changed = sorted(p for p in set(was) & set(now) if was[p] != now[p])
-            assert (added, removed, changed) == ([], [], []), (
-                f"files added {added}, removed {removed}, changed {changed}"
-            )
-        else:
-            assert now == was, f"{part}: {was} -> {now}"
 
 
 @dataclass
@@ -234,12 +185,12 @@ def provision_fails_and_changes_nothing(
     ledger is empty) and left every part exactly as it found it; the fault is cleared whatever happens."""
     payload, resource = (WS, "ws-1") if fault.task_type == "workspace.provision" else (SB, "sb-1")
     fault.inject(env, github, graph)
-    before = snapshot(env, github, graph)  # the fault's own change (a database rewritten, a container) included
+    before = state(env, github, graph)  # the fault's own change (a database rewritten, a container) included
     try:
         push(redis, envelope(task_id, fault.task_type, payload, resource=resource))
         env.run_burst(timeout=300)
         record = task_hash(redis, task_id)
-        after = snapshot(env, github, graph)
+        after = state(env, github, graph)
     finally:
         fault.clear(env, github, graph)
     assert record["status"] == "failed", record
@@ -282,10 +233,10 @@ def test_workspace_failure_at_each_step_leaves_nothing_and_a_retry_succeeds(
     push(redis, envelope("w-again", "workspace.provision", WS, resource="ws-1"))
     env.run_burst(timeout=300)
     assert task_hash(redis, "w-again")["status"] == "completed", task_hash(redis, "w-again")
-    done = snapshot(env, github, graph)
-    assert [name for name, _, _ in done["applications"]] == ["kanban-acme-web"]
-    assert "refs/heads/main" in done["repos"][f"{ORG.lower()}/acme-web.git"]
-    assert done["containers"] == ["ws-acme-web-app-1"]
+    done = state(env, github, graph)
+    assert [app["displayName"] for app in done["graph"]] == ["kanban-acme-web"]
+    assert any(ref.startswith("refs/heads/main ") for ref in done["github"][f"{ORG}/acme-web"]["refs"])
+    assert project_containers("ws-acme-web")
 
 
 def test_sandbox_failure_at_each_step_leaves_nothing_and_a_retry_succeeds(
@@ -315,9 +266,9 @@ def test_sandbox_failure_at_each_step_leaves_nothing_and_a_retry_succeeds(
     push(redis, envelope("s-again", "sandbox.provision", SB, resource="sb-1"))
     env.run_burst(timeout=300)
     assert task_hash(redis, "s-again")["status"] == "completed", task_hash(redis, "s-again")
-    done = snapshot(env, github, graph)
-    assert "refs/heads/sandbox/s1" in done["repos"][f"{ORG.lower()}/acme-web.git"]
-    assert done["containers"] == ["sb-acme-web-s1-app-1", "ws-acme-web-app-1"]
+    done = state(env, github, graph)
+    assert any(ref.startswith("refs/heads/sandbox/s1 ") for ref in done["github"][f"{ORG}/acme-web"]["refs"])
+    assert project_containers("sb-acme-web-s1") and project_containers("ws-acme-web")
     sandbox_db = env.data_dir / "teams" / "acme" / "workspaces" / "web" / "sandboxes" / "s1" / "app" / "data"
     assert json.loads((sandbox_db / "db.json").read_text()) == {"_default": {"1": {"title": "first card"}}}
 
@@ -336,7 +287,7 @@ def test_kill9_during_rollback_the_next_worker_finishes_it(
     # The certificate cannot be validated: the provision fails after the repository, the app registration, the
     # checkout and the app; the worker is killed while it undoes the checkout (the third of five undo steps).
     env.extra["DOMAIN"] = "certfail.test"
-    before = snapshot(env, github, graph)
+    before = state(env, github, graph)
     first = env.start_worker(**SHORT_LEASE)
     push(redis, envelope("w-kill", "workspace.provision", WS, resource="ws-1"))
 
@@ -365,5 +316,5 @@ def test_kill9_during_rollback_the_next_worker_finishes_it(
     messages = [m.get("message") for m in stream_messages(redis, "w-kill")]
     assert messages.count("Check the slugs") == 1, messages
     assert not redis.exists(k.ledger_key("w-kill"))
-    assert_same(before, snapshot(env, github, graph))
+    assert_same(before, state(env, github, graph))
     assert not_retried(env)
