@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from redis import Redis
@@ -58,6 +58,7 @@ from orchestrator import constants as k  # noqa: E402
 from orchestrator.processes import run_processes  # noqa: E402
 from orchestrator.runner import unsafe_vars_yaml  # noqa: E402
 
+T = TypeVar("T")
 BENCH_DIR = ROOT / "bench"
 FIXTURES = BENCH_DIR / "playbooks"
 RESULTS = BENCH_DIR / "results.json"
@@ -452,6 +453,16 @@ class Target:
         }
 
 
+def interleaved_pair(index: int, orchestrated: Callable[[], T], bare: Callable[[], T]) -> tuple[T, T]:
+    """One (orchestrated, bare) pair of runs; which side goes first alternates with the index, so neither side
+    always gets the machine the other just warmed."""
+    if index % 2 == 0:
+        first = orchestrated()
+        return first, bare()
+    second = bare()
+    return orchestrated(), second
+
+
 # ----------------------------------------------------------------------------------------------- 1. overhead
 
 
@@ -542,12 +553,9 @@ def bench_overhead(ctx: Context) -> dict[str, Any]:
         orch_runs: list[dict[str, float]] = []
         bare_runs: list[dict[str, float]] = []
         for i in range(pairs):
-            if i % 2 == 0:
-                orch_runs.append(orchestrated())
-                bare_runs.append(bare())
-            else:
-                bare_runs.append(bare())
-                orch_runs.append(orchestrated())
+            o, b = interleaved_pair(i, orchestrated, bare)
+            orch_runs.append(o)
+            bare_runs.append(b)
             log(
                 f"overhead: pair {i + 1}/{pairs}: orchestrator {orch_runs[-1]['wall']:.3f}s, "
                 f"bare {bare_runs[-1]['wall']:.3f}s"
@@ -1382,13 +1390,9 @@ def bench_workspace(ctx: Context) -> dict[str, Any]:
         bare_runs: list[dict[str, Any]] = []
         loads: list[float] = []  # 1-minute load average after each pair: other work on the machine shows here
         for i in range(rounds):
-            if i % 2 == 0:
-                orch_runs.append(orchestrated())
-                bare_runs.append(bare())
-            else:
-                bare_runs.append(bare())
-                orch_runs.append(orchestrated())
-            o, b = orch_runs[-1], bare_runs[-1]
+            o, b = interleaved_pair(i, orchestrated, bare)
+            orch_runs.append(o)
+            bare_runs.append(b)
             log(
                 f"workspace: pair {i + 1}/{rounds}: workspace.provision orchestrator "
                 f"{o['workspace.provision']['wall']:.2f}s / bare {b['workspace.provision']['wall']:.2f}s, "
