@@ -196,7 +196,8 @@ def cmd_vars(args: argparse.Namespace, settings: Settings) -> int:
     orchestrator's credentials: the file is created 0600 and never printed unless asked with --out -."""
     from orchestrator.runner import unsafe_vars_yaml  # noqa: PLC0415 - keeps the other commands light
 
-    text = unsafe_vars_yaml(settings.service_vars())
+    values = settings.service_vars()
+    text = unsafe_vars_yaml(values)
     if args.out == "-":
         sys.stdout.write(text)
         return 0
@@ -205,7 +206,7 @@ def cmd_vars(args: argparse.Namespace, settings: Settings) -> int:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    names = sorted(settings.service_vars())
+    names = sorted(values)
     print(json.dumps({"out": str(out), "vars": names}) if args.json else f"wrote {len(names)} vars to {out} (0600)")
     return 0
 
