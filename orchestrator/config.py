@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     acme_ca_bundle: Path | None = Field(default=None, validation_alias="ACME_CA_BUNDLE")
     acme_webroot: Path | None = Field(default=None, validation_alias="ACME_WEBROOT")
 
+    # Claude Code over SSH (the seed's variables; SSH_USER is required for agent runs, checked when one runs).
+    ssh_user: str | None = Field(default=None, validation_alias="SSH_USER")
+    ssh_host: str = Field(default="host.docker.internal", validation_alias="SSH_HOST")
+    ssh_claude_path: str = Field(default="~/.local/bin/claude", validation_alias="SSH_CLAUDE_PATH")
+    # Ours: port, client key and known_hosts (default: ssh's own ~/.ssh files), where the agent host sees the data
+    # directory, and the group given write access to a working clone before a run (default: SSH_USER's).
+    ssh_port: int = Field(default=22, ge=1, le=65535, validation_alias="ORCHESTRATOR_SSH_PORT")
+    ssh_key_file: Path | None = Field(default=None, validation_alias="ORCHESTRATOR_SSH_KEY_FILE")
+    ssh_known_hosts: Path | None = Field(default=None, validation_alias="ORCHESTRATOR_SSH_KNOWN_HOSTS")
+    agent_data_dir: Path | None = Field(default=None, validation_alias="ORCHESTRATOR_AGENT_DATA_DIR")
+    agent_group: str | None = Field(default=None, validation_alias="ORCHESTRATOR_AGENT_GROUP")
+
     # The engine's own.
     data_dir: Path = Field(default=Path("/var/lib/orchestrator"), validation_alias="ORCHESTRATOR_DATA_DIR")
     state_dir: Path = Field(default=Path.home() / ".cache" / "orchestrator", validation_alias="ORCHESTRATOR_STATE_DIR")
@@ -133,6 +145,14 @@ class Settings(BaseSettings):
             "orchestrator_acme_certificate_dir": self.certificate_dir,
             "orchestrator_acme_email": self.acme_email,
             "orchestrator_acme_ca_bundle": self.acme_ca_bundle,
+            "orchestrator_ssh_user": self.ssh_user,
+            "orchestrator_ssh_host": self.ssh_host,
+            "orchestrator_ssh_port": self.ssh_port,
+            "orchestrator_ssh_claude_path": self.ssh_claude_path,
+            "orchestrator_ssh_key_file": self.ssh_key_file,
+            "orchestrator_ssh_known_hosts": self.ssh_known_hosts,
+            "orchestrator_agent_data_dir": self.agent_data_dir,
+            "orchestrator_agent_group": self.agent_group,
         }
         values: dict[str, object] = {}
         for name, raw in optional.items():

@@ -35,6 +35,8 @@ class TaskType(StrEnum):
     SANDBOX_PROVISION = "sandbox.provision"
     SANDBOX_DELETE = "sandbox.delete"
     SANDBOX_AGENT_RESTART = "sandbox.agent.restart"
+    # Ours (issue 9): one on-demand Claude Code run in a sandbox's (or workspace's) working clone.
+    AGENT_RUN = "agent.run"
 
 
 class TaskStatus(StrEnum):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from orchestrator.constants import TaskType
+from orchestrator.profiles import AGENT_TYPES, PROFILES
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # Ids end up in Redis key names and file names: keep them to a safe alphabet.
@@ -78,6 +79,58 @@ class SandboxProvisionPayload(SandboxPayload):
     source_branch: GitRef = "main"
 
 
+# A Claude Code tool rule: a tool name, optionally with a specifier in parentheses ("Bash(git diff:*)").
+TOOL_RULE = r"^[A-Za-z][A-Za-z0-9_]{0,63}(\([^()\x00-\x1f]{1,200}\))?$"
+ToolRule = Annotated[
+    str,
+    StringConstraints(pattern=TOOL_RULE),
+    Field(description="A tool name (Read, Bash, ...), optionally with a rule in parentheses: Bash(git diff:*)."),
+]
+
+
+def _check_profile(value: str | None) -> str | None:
+    if value is not None and value not in PROFILES:
+        raise ValueError(f"must be one of {', '.join(PROFILES)}")
+    return value
+
+
+def _check_agent_type(value: str) -> str:
+    if value not in AGENT_TYPES:
+        raise ValueError(f"must be one of {', '.join(AGENT_TYPES)}")
+    return value
+
+
+class AgentRunPayload(Payload):
+    """agent.run: a Claude Code run in the sandbox's working clone (the workspace's without sandbox_slug)."""
+
+    team_slug: Slug
+    workspace_slug: Slug
+    sandbox_slug: Slug | None = None
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=100_000)] = Field(
+        description="What the agent is asked; data, delivered to the CLI on standard input byte for byte."
+    )
+    agent_type: Annotated[str, AfterValidator(_check_agent_type)] = Field(
+        default="developer", description=f"One of {', '.join(AGENT_TYPES)}."
+    )
+    tool_profile: Annotated[str | None, AfterValidator(_check_profile)] = Field(
+        default=None, description=f"One of {', '.join(PROFILES)} (default: the agent type's)."
+    )
+    allowed_tools: Annotated[list[ToolRule], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Explicit tool rules instead of a profile."
+    )
+    timeout: Annotated[int, Field(ge=10, le=24 * 3600)] | None = Field(
+        default=None, description="Seconds before the run is stopped (default: the agent type's)."
+    )
+    max_turns: Annotated[int, Field(ge=1, le=1000)] | None = None
+    model: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\[\]-]{0,99}$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_tool_choice(self) -> AgentRunPayload:
+        if self.tool_profile is not None and self.allowed_tools is not None:
+            raise ValueError("give tool_profile or allowed_tools, not both")
+        return self
+
+
 PAYLOADS: dict[TaskType, type[Payload]] = {
     TaskType.TEAM_PROVISION: TeamPayload,
     TaskType.TEAM_DELETE: TeamPayload,
@@ -88,6 +141,7 @@ PAYLOADS: dict[TaskType, type[Payload]] = {
     TaskType.SANDBOX_PROVISION: SandboxProvisionPayload,
     TaskType.SANDBOX_DELETE: SandboxPayload,
     TaskType.SANDBOX_AGENT_RESTART: SandboxPayload,
+    TaskType.AGENT_RUN: AgentRunPayload,
 }
 
 
@@ -155,6 +209,7 @@ _PATTERN_HELP = {
     GIT_REF: "must be a git branch name of letters, digits, '.', '_', '-' and '/'",
     USER_ID: "must be 1-128 characters without spaces or control characters",
     SAFE_ID: "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+    TOOL_RULE: "must be a tool name (letters, digits, '_'), optionally with a rule in parentheses",
 }
 
 

@@ -22,7 +22,7 @@ class Route:
     priority: str  # the seed's table: which queue the Portal uses by default
     timeout: float  # seconds for the whole run, rollback excluded
     verb: str  # `type` of the status-channel message
-    success_status: ResourceStatus
+    success_status: ResourceStatus | None  # None: the task publishes nothing on a status channel
     rollback_on_failure: bool  # provisions undo what they created (seed "Cleanup on Failure")
 
     @property
@@ -56,6 +56,16 @@ ROUTES: dict[TaskType, Route] = {
         _route(TaskType.SANDBOX_PROVISION, "high", 1200, "provision", ResourceStatus.ACTIVE),
         _route(TaskType.SANDBOX_DELETE, "normal", 600, "delete", ResourceStatus.DELETED),
         _route(TaskType.SANDBOX_AGENT_RESTART, "high", 300, "restart", ResourceStatus.ACTIVE),
+        # An agent run changes no resource's status and is never retried (it is not idempotent); its timeout is
+        # the agent's own plus a margin (orchestrator.agents), this is the ceiling.
+        Route(
+            type=TaskType.AGENT_RUN,
+            priority="high",
+            timeout=3600 + 120,
+            verb="run",
+            success_status=None,
+            rollback_on_failure=False,
+        ),
     )
 }
 

@@ -131,19 +131,21 @@ class Publisher:
             self._idle.clear()
             self._wake.set()
 
-    def progress(self, ref: TaskRef, step: int, total: int, percentage: int, message: str) -> None:
-        self.enqueue(
-            "progress",
-            ref,
-            {
-                "type": k.MSG_PROGRESS,
-                "task_id": ref.task_id,
-                "step": step,
-                "total_steps": total,
-                "percentage": percentage,
-                "message": message,
-            },
-        )
+    def progress(
+        self, ref: TaskRef, step: int, total: int, percentage: int, message: str, agent: dict[str, Any] | None = None
+    ) -> None:
+        """A task.progress message; `agent` (agent runs only) says which stream-json line it comes from."""
+        body: dict[str, Any] = {
+            "type": k.MSG_PROGRESS,
+            "task_id": ref.task_id,
+            "step": step,
+            "total_steps": total,
+            "percentage": percentage,
+            "message": message,
+        }
+        if agent is not None:
+            body["agent"] = agent
+        self.enqueue("progress", ref, body)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -303,6 +305,8 @@ class Publisher:
         }
         if status is TaskStatus.COMPLETED:
             task_message.update({"percentage": 100, "metadata": safe_metadata})
+        elif safe_metadata:
+            task_message["metadata"] = safe_metadata  # what a failed run reported (an agent run's cost, turns)
         user_channel = k.user_channel(ref.user_id) if ref.user_id is not None else ""
         task_text = redact(dumps(task_message))
         triples: list[str] = [user_channel, task_text, task_text]

@@ -27,8 +27,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 
 from orchestrator import constants as k
 from orchestrator import models
+from orchestrator.agents import ClaudeCodeRunner, describe
 from orchestrator.config import Settings
-from orchestrator.constants import ResourceStatus, TaskStatus
+from orchestrator.constants import ResourceStatus, TaskStatus, TaskType
 from orchestrator.errors import Failure
 from orchestrator.models import Task, TaskRejected, parse_task
 from orchestrator.progress import ProgressTracker, StepPlans
@@ -98,6 +99,7 @@ class Worker:
             env=env,
             kill_grace=settings.kill_grace,
         )
+        self.agents = ClaudeCodeRunner(settings, self.runner)
         self.plans = StepPlans(cache_dir=settings.state_dir / "plans", project_dir=settings.project_dir, env=env)
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._handlers: set[asyncio.Task[None]] = set()
@@ -353,14 +355,18 @@ class Worker:
         playbook = running.route.playbook(self.settings.playbook_dir)
         plan = await self.plans.plan(playbook)
         tracker = ProgressTracker(plan)
-        result = await self._run_with_retries(running, playbook, tracker, attempt_no)
+        if running.route.type is TaskType.AGENT_RUN:
+            result = await self._run_agent(running, tracker, attempt_no)
+        else:
+            result = await self._run_with_retries(running, playbook, tracker, attempt_no)
+        success_status = running.route.success_status
         if result.ok:
             self.redactor.add(*(str(result.metadata[s]) for s in k.PUBLISHED_SECRET_KEYS if s in result.metadata))
             await self._finish(
                 running,
                 TaskStatus.COMPLETED,
                 None,
-                resource_status=running.route.success_status.value,
+                resource_status=success_status.value if success_status else None,
                 metadata=result.metadata,
                 total_steps=max(tracker.total, tracker.step),
             )
@@ -462,6 +468,37 @@ class Worker:
             if attempt.retry_state.outcome is not None and not attempt.retry_state.outcome.failed:
                 attempt.retry_state.set_result(result)
         assert result is not None
+        return result
+
+    async def _run_agent(self, running: Running, tracker: ProgressTracker, attempt_no: int) -> RunResult:
+        """An agent.run task: the playbook through ClaudeCodeRunner, with every line of the CLI's stream published
+        as progress as it arrives (never retried: a run is not idempotent)."""
+        ref = running.ref
+        payload = running.task.payload
+        assert isinstance(payload, models.AgentRunPayload)
+        publisher = self.publisher
+
+        def on_line(number: int, line: dict[str, Any], _received: float) -> None:
+            for text, details in describe(line):
+                publisher.progress(
+                    ref, tracker.step, tracker.total, tracker.percentage(), text, agent={"line": number, **details}
+                )
+
+        run_id = f"{ref.task_id}-{attempt_no}"
+        default_timeout = self.agents.run_timeout(payload.agent_type, payload.timeout)
+        timeout = self.settings.timeouts.get(ref.type or "", default_timeout)
+        result, follower = await self.agents.run_playbook(
+            self._extravars(running, agent_run_id=run_id),
+            run_id=f"{run_id}-1",
+            timeout=timeout,
+            cancel=running.token,
+            on_line=on_line,
+            on_event=self._event_sink(ref, tracker),
+        )
+        if follower is not None:
+            result.metadata.setdefault("lines", follower.lines)
+            if follower.error and not result.ok:
+                log.warning("task %s: %s", ref.task_id, follower.error, extra={"task_id": ref.task_id})
         return result
 
     def _extravars(self, running: Running, **extra: Any) -> dict[str, Any]:

@@ -17,6 +17,9 @@ PEBBLE_DNS_PORT=${ORCHESTRATOR_PEBBLE_DNS_PORT:-8053}
 PEBBLE_CHALLTESTSRV_PORT=${ORCHESTRATOR_PEBBLE_CHALLTESTSRV_PORT:-8055}
 ACME_HTTP_PORT=${ORCHESTRATOR_ACME_HTTP_PORT:-5002}
 ACME_TLS_PORT=${ORCHESTRATOR_ACME_TLS_PORT:-5001}
+# The Messages API stand-in, on the root side of the agent host's veth (same defaults as scripts/agent-host.sh).
+ANTHROPIC_HOST=${ORCHESTRATOR_AGENT_GATEWAY:-10.213.7.1}
+ANTHROPIC_PORT=${ORCHESTRATOR_ANTHROPIC_PORT:-8772}
 PY=$ROOT/.venv/bin/python
 
 env_lines() {
@@ -41,6 +44,7 @@ export ACME_EMAIL=ops@kanban.localhost
 export ACME_WEBROOT=$RUN/acme-webroot
 export ORCHESTRATOR_CERTIFICATES=true
 ENV
+  bash "$ROOT/scripts/agent-host.sh" env
 }
 
 redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; }
@@ -160,6 +164,18 @@ JSON
     pebble -config "$RUN/pebble/pebble-config.json" -dnsserver "127.0.0.1:$PEBBLE_DNS_PORT"
 }
 
+# Any HTTP answer means the server is there.
+anthropic_up() { curl -sS -o /dev/null "http://$ANTHROPIC_HOST:$ANTHROPIC_PORT/_control/requests" 2>/dev/null; }
+
+# The simulated agent host (scripts/agent-host.sh: namespace, sshd, the CLI's wrapper), then the Messages API
+# stand-in on the root side of its veth (the address exists only once the namespace does). The key goes by file.
+start_agent_host() {
+  bash scripts/agent-host.sh start
+  start_process "Messages API stand-in on $ANTHROPIC_HOST:$ANTHROPIC_PORT" "$RUN/anthropic.pid" "$RUN/anthropic.log" \
+    anthropic_up "$PY" -m devservices.anthropic --host "$ANTHROPIC_HOST" --port "$ANTHROPIC_PORT" \
+    --api-key-file "$RUN/anthropic-api-key" --control-from "$ANTHROPIC_HOST"
+}
+
 start() {
   mkdir -p "$RUN/redis" "$RUN/data" "$RUN/state"
   if ! redis_up; then
@@ -176,24 +192,34 @@ start() {
   start_github
   start_graph
   start_pebble
+  start_agent_host
   (umask 077; env_lines >"$RUN/env") && chmod 600 "$RUN/env"
   env_lines
 }
 
 # Stop a process we started, by its PID file (never one we did not start).
+# Alive and not a zombie: what reaps our detached processes here (PID 1) may take a second or two.
+alive() {
+  local state
+  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 stop_pidfile() {
   local pidfile=$1 name=$2 pid
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
     echo "services: $name stopped" >&2
   fi
   rm -f "$pidfile"
 }
 
 stop() {
+  stop_pidfile "$RUN/anthropic.pid" "Messages API stand-in"
+  bash scripts/agent-host.sh stop
   stop_pidfile "$RUN/pebble.pid" Pebble
   stop_pidfile "$RUN/acme-webroot.pid" "ACME webroot server"
   stop_pidfile "$RUN/pebble-challtestsrv.pid" pebble-challtestsrv

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 APT_PACKAGES=(redis-server git make python3 python3-venv python3-pip procps ca-certificates
-  docker.io tini iptables busybox-static curl pebble)
+  docker.io tini iptables busybox-static curl pebble openssh-server openssh-client iproute2 acl)
+# The agent host's Claude Code comes from npm (scripts/agent-host.sh); Debian's node is enough when none is here.
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 UV_VERSION=0.13.9
 
 missing=()
@@ -16,7 +18,7 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
-  # Package scripts must not start system services (redis on 6379): the project runs its own.
+  # Package scripts must not start system services (redis on 6379, ssh on 22): the project runs its own.
   policy_added=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
@@ -65,4 +67,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 .tools/bin/python scripts/install-collections.py
+bash scripts/agent-host.sh install
 echo "setup: done ($ROOT)"

@@ -99,11 +99,12 @@ def test_committed_schemas_are_current() -> None:
 def test_schemas_agree_with_the_models(task_type: str) -> None:
     schema = json_schemas()[task_type]
     jsonschema.Draft202012Validator.check_schema(schema)
-    payload = {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1"}
+    payload = {"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1", "prompt": "hi"}
     model_fields = {
         "team": {"team_slug"},
         "workspace": {"team_slug", "workspace_slug"},
         "sandbox": {"team_slug", "workspace_slug", "sandbox_slug"},
+        "agent": {"team_slug", "workspace_slug", "sandbox_slug", "prompt"},
     }[task_type.split(".", maxsplit=1)[0]]
     good = json.loads(body(type=task_type, payload={key: payload[key] for key in model_fields}))
     jsonschema.validate(good, schema)

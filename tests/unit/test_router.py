@@ -17,6 +17,7 @@ SEED_PRIORITY = {
     "sandbox.provision": "high",
     "sandbox.delete": "normal",
     "sandbox.agent.restart": "high",
+    "agent.run": "high",  # ours (issue 9)
 }
 
 
@@ -25,14 +26,16 @@ def test_every_type_is_routed_to_an_existing_playbook() -> None:
     for task_type, route in ROUTES.items():
         assert route.playbook(PROJECT_ROOT / "playbooks").is_file(), task_type
         assert route.priority == SEED_PRIORITY[task_type.value]
-        assert route.resource_type in STATUS_CHANNELS
+        # An agent run changes no resource: it publishes on tasks:{user_id} only.
+        assert route.resource_type in STATUS_CHANNELS or route.success_status is None
         assert route.timeout > 0
 
 
 def test_status_words() -> None:
     assert ROUTES[TaskType.TEAM_SUSPEND].success_status is ResourceStatus.SUSPENDED
     assert ROUTES[TaskType.TEAM_DELETE].success_status is ResourceStatus.DELETED
-    assert {r.verb for r in ROUTES.values()} == {"provision", "delete", "restart", "suspend"}
+    assert {r.verb for r in ROUTES.values()} == {"provision", "delete", "restart", "suspend", "run"}
+    assert ROUTES[TaskType.AGENT_RUN].success_status is None
     assert [t.value for t, r in ROUTES.items() if r.rollback_on_failure] == [
         "team.provision",
         "workspace.provision",
