@@ -17,9 +17,16 @@ Benchmarks (NAME for --only):
             runs from their Ansible events; needs the local GitHub, Graph and Pebble of `make services` (.run/env),
             certificates on; deletes (sandbox, then workspace) between runs, untimed (quick: 2 pairs, 5-10 min;
             full: 4 pairs, 10-17 min)
+  agent     agent.run with the real Claude Code CLI on the agent host of `make services` (SSH settings from .run/env;
+            skipped without SSH_USER there) through a worker: the time from the supervisor writing a stream line down
+            (stream.times) to its progress message reaching Redis (`[[script:ticks 50]]` runs; quick: 2, full: 5);
+            asyncssh and OpenSSH connection costs, fresh vs reused / ControlMaster; a plain prompt's wall time vs the
+            CLI's own duration_ms, and vs bare ansible-playbook playbooks/agent.run.yml (interleaved pairs; quick: 3,
+            full: 6)
 
-Only Python's clocks (time.perf_counter) and /proc are used for measurements. Machines are noisy:
-the figures that matter are ratios and percentiles over repeated, interleaved runs.
+Only Python's clocks (time.perf_counter) and /proc are used for measurements; the agent benchmark's stream latency
+compares time.time() with the stamps the supervisor on the agent host writes (same machine, same clock). Machines are
+noisy: the figures that matter are ratios and percentiles over repeated, interleaved runs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -44,7 +52,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 from redis import Redis
@@ -58,6 +66,9 @@ from orchestrator import constants as k  # noqa: E402
 from orchestrator.processes import run_processes  # noqa: E402
 from orchestrator.runner import unsafe_vars_yaml  # noqa: E402
 
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
+
 T = TypeVar("T")
 BENCH_DIR = ROOT / "bench"
 FIXTURES = BENCH_DIR / "playbooks"
@@ -67,7 +78,7 @@ BIN = Path(sys.executable).parent
 # finds leftovers by it, whoever their parent is now.
 SESSION_VAR = "ORCHESTRATOR_BENCH_SESSION"
 SESSION = uuid.uuid4().hex
-NAMES = ("overhead", "dispatch", "cancel", "events", "memory", "compose", "workspace")
+NAMES = ("overhead", "dispatch", "cancel", "events", "memory", "compose", "workspace", "agent")
 FINAL_TYPES = frozenset(k.FINAL_MESSAGES.values())
 CANCEL_SLEEP_TASK = "Sleep with a forked child"
 
@@ -338,7 +349,8 @@ class WorkerProcess:
 
 
 class Subscriber:
-    """Receives the messages of one tasks:{user_id} channel in a thread, time-stamped on receipt."""
+    """Receives the messages of one tasks:{user_id} channel in a thread, time-stamped on receipt (perf_counter for
+    durations; time.time() too, to compare with time stamps taken by other processes: `received`)."""
 
     def __init__(self, url: str, user_id: str):
         self._redis = Redis.from_url(url)
@@ -352,6 +364,7 @@ class Subscriber:
         else:
             raise RuntimeError("no subscribe confirmation")
         self._by_task: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._wall_by_task: dict[str, list[float]] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-subscriber", daemon=True)
@@ -366,9 +379,11 @@ class Subscriber:
             if message is None or message["type"] != "message":
                 continue
             received = time.perf_counter()
+            wall = time.time()
             data = json.loads(message["data"])
             with self._cond:
                 self._by_task.setdefault(str(data.get("task_id")), []).append((received, data))
+                self._wall_by_task.setdefault(str(data.get("task_id")), []).append(wall)
                 self._cond.notify_all()
 
     def wait(
@@ -399,9 +414,17 @@ class Subscriber:
                 if d.get("type") in FINAL_TYPES
             }
 
+    def received(self, task_id: str) -> list[tuple[float, dict[str, Any]]]:
+        """The messages of a task received so far, in order, each with its time of receipt by the wall clock."""
+        with self._cond:
+            messages = self._by_task.get(task_id, [])
+            walls = self._wall_by_task.get(task_id, [])
+            return [(wall, data) for wall, (_t, data) in zip(walls, messages, strict=True)]
+
     def forget(self, task_id: str) -> None:
         with self._cond:
             self._by_task.pop(task_id, None)
+            self._wall_by_task.pop(task_id, None)
 
     def close(self) -> None:
         self._stop.set()
@@ -1036,8 +1059,8 @@ WORKSPACE_STEPS = (
 PROVISIONS = ("workspace.provision", "sandbox.provision")
 
 
-def read_services_env() -> dict[str, str]:
-    """The values SERVICE_ENV names from .run/env (`export K=V` lines, written by `make services`)."""
+def read_run_env() -> dict[str, str]:
+    """Every value of .run/env (`export K=V` lines, written by `make services`)."""
     if not RUN_ENV.is_file():
         raise RuntimeError(f"{RUN_ENV} is missing: the local services are not running (run make services)")
     values: dict[str, str] = {}
@@ -1045,6 +1068,12 @@ def read_services_env() -> dict[str, str]:
         name, sep, value = line.strip().removeprefix("export ").partition("=")
         if sep:
             values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def read_services_env() -> dict[str, str]:
+    """The values SERVICE_ENV names from .run/env."""
+    values = read_run_env()
     missing = [name for name in SERVICE_ENV if not values.get(name)]
     if missing:
         raise RuntimeError(f"{RUN_ENV} has no value for {', '.join(missing)}: run make services")
@@ -1482,6 +1511,533 @@ def bench_workspace(ctx: Context) -> dict[str, Any]:
     return result
 
 
+# ----------------------------------------------------------------------------------------------- 8. agent
+
+# What `make services` prints into .run/env for agent runs: the agent host (a network namespace with its own sshd)
+# and the CLI there (a wrapper that points it at the Messages API stand-in).
+AGENT_ENV = ("SSH_USER", "SSH_HOST", "SSH_CLAUDE_PATH", "ORCHESTRATOR_SSH_KEY_FILE", "ORCHESTRATOR_SSH_KNOWN_HOSTS")
+AGENT_OPTIONAL_ENV = ("ORCHESTRATOR_SSH_PORT", "ORCHESTRATOR_AGENT_GROUP")
+# Where runs keep their files on the agent host, under the agent user's home (roles/claude_code defaults). The agent
+# host shares this machine's file system, process table and clock: only its network is its own.
+AGENT_RUNS = Path(".orchestrator") / "agent-runs"
+AGENT_WORKSPACE = "ws"
+AGENT_SANDBOX = "sb"
+# The stand-in's scripts (devservices/anthropic): 50 turns of a Glob call (about 2N+3 stream lines, quickly), and a
+# one-turn answer.
+AGENT_TICKS_PROMPT = "[[script:ticks 50]]"
+AGENT_PLAIN_PROMPT = "Say hello."
+SSH_SAMPLES = 20
+
+
+def agent_clone(data_dir: Path, team: str) -> Path:
+    """A sandbox's working clone as sandbox.provision leaves it (tests/integration/test_agents.py make_clone): a git
+    checkout owned by root, the team's folders closed to others; agent.run needs only the clone."""
+    repo = data_dir / "teams" / team / "workspaces" / AGENT_WORKSPACE / "sandboxes" / AGENT_SANDBOX / "repo"
+    repo.mkdir(parents=True)
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", f"sandbox/{AGENT_SANDBOX}", str(repo)], check=True, capture_output=True)
+    (repo / "README.md").write_text(f"# {AGENT_WORKSPACE}\n")
+    subprocess.run([*git, "-C", str(repo), "add", "."], check=True, capture_output=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "init"], check=True, capture_output=True)
+    for folder in (data_dir / "teams", data_dir / "teams" / team):
+        folder.chmod(0o750)
+    return repo
+
+
+def let_group_through(folder: Path, group: str, inside: Path) -> list[Path]:
+    """Let `group` pass through `folder` and every folder above it (setfacl -m g:<group>:x, as the agent tests'
+    fixture does; the playbook does the team's folders itself): all of those in `inside` (they go with it), and
+    above it only those closed to others that have no entry for the group yet. Returns the latter: the entries to
+    take back afterwards (`take_back_entries`)."""
+    added: list[Path] = []
+    for current in (folder, *folder.parents):
+        if current == current.parent:
+            break
+        if not current.is_relative_to(inside):
+            if current.stat().st_mode & 0o001:
+                continue
+            listed = subprocess.run(["getfacl", "-cp", str(current)], capture_output=True, text=True, check=True)
+            if f"group:{group}:" in listed.stdout:
+                continue
+            added.append(current)
+        subprocess.run(["setfacl", "-m", f"g:{group}:x", str(current)], check=True, capture_output=True)
+    return added
+
+
+def take_back_entries(folders: list[Path], group: str) -> None:
+    for folder in folders:
+        subprocess.run(["setfacl", "-x", f"g:{group}", str(folder)], check=False, capture_output=True)
+
+
+async def asyncssh_costs(settings: Settings, samples: int) -> dict[str, list[float]]:
+    """Seconds of asyncssh.connect + `true`, a fresh connection each time (what the stream follower pays once per
+    run), and of `true` alone on one reused connection. Host keys are checked (orchestrator.agents.ssh_options)."""
+    import asyncssh  # noqa: PLC0415 - heavy imports only for this benchmark
+
+    from orchestrator.agents import ssh_options  # noqa: PLC0415
+
+    options = ssh_options(settings)
+    async with asyncssh.connect(settings.ssh_host, **options) as conn:  # warm-up: imports, key loading
+        await conn.run("true", check=True)
+    fresh: list[float] = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        async with asyncssh.connect(settings.ssh_host, **options) as conn:
+            await conn.run("true", check=True)
+            fresh.append(time.perf_counter() - t0)  # the close is not counted
+    reused: list[float] = []
+    async with asyncssh.connect(settings.ssh_host, **options) as conn:
+        await conn.run("true", check=True)
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            await conn.run("true", check=True)
+            reused.append(time.perf_counter() - t0)
+    return {"fresh": fresh, "reused": reused}
+
+
+def openssh_costs(ctx: Context, settings: Settings, samples: int) -> dict[str, list[float]]:
+    """Seconds of `ssh ... true` (process start included, as Ansible pays it): a fresh connection each time, and
+    through a ControlMaster (ControlPersist, a temporary ControlPath; the master's own first call not counted)."""
+    control_dir = ctx.tmp / "agent-ssh"
+    control_dir.mkdir(mode=0o700, exist_ok=True)
+    errors = control_dir / "ssh.log"
+    base = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={settings.ssh_known_hosts}",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(settings.ssh_key_file),
+        "-p",
+        str(settings.ssh_port),
+        "-l",
+        str(settings.ssh_user),
+    ]
+    mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/%C", "-o", "ControlPersist=60"]
+
+    def once(extra: list[str]) -> float:
+        # Output to a file, never a pipe: a master that stays in the background would hold a pipe open.
+        with errors.open("ab") as out:
+            t0 = time.perf_counter()
+            code = subprocess.run(
+                [*base, *extra, settings.ssh_host, "true"],
+                env=ctx.base_env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                timeout=60,
+                check=False,
+            ).returncode
+            elapsed = time.perf_counter() - t0
+        if code != 0:
+            tail = " | ".join(errors.read_text(errors="replace").strip().splitlines()[-3:])
+            raise RuntimeError(f"ssh to the agent host exited {code}: {tail}")
+        return elapsed
+
+    once([])  # warm-up
+    fresh = [once([]) for _ in range(samples)]
+    try:
+        once(mux)  # starts the master
+        multiplexed = [once(mux) for _ in range(samples)]
+    finally:
+        subprocess.run(
+            [*base, *mux, "-O", "exit", settings.ssh_host],
+            env=ctx.base_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    return {"fresh": fresh, "controlmaster": multiplexed}
+
+
+def end_session_ssh() -> None:
+    """End (by pid) the SSH masters Ansible left behind for the benchmark's runs (ControlPersist: they outlive a run
+    by a minute); the final sweep would otherwise kill them."""
+    masters = []
+    for proc in session_processes():
+        with contextlib.suppress(psutil.Error):
+            if proc.name() == "ssh":
+                proc.terminate()
+                masters.append(proc)
+    psutil.wait_procs(masters, timeout=5)
+
+
+def bench_agent(ctx: Context) -> dict[str, Any]:
+    """agent.run with the real Claude Code CLI on the agent host of `make services` (and its Messages API stand-in),
+    through a worker: how late each stream line reaches Redis, what an SSH connection costs, and the orchestration
+    overhead of a run (vs the CLI's own duration, and vs bare ansible-playbook, interleaved pairs)."""
+    import pwd  # noqa: PLC0415
+
+    from orchestrator.config import SECRET_ENV, Settings  # noqa: PLC0415 - heavy imports only for this benchmark
+    from orchestrator.models import AgentRunPayload  # noqa: PLC0415
+
+    try:
+        run_env = read_run_env()
+    except RuntimeError as exc:
+        run_env = {}
+        log(f"agent: {exc}")
+    if not run_env.get("SSH_USER"):
+        reason = f"no SSH_USER in {RUN_ENV}: no agent host to run Claude Code on (make services sets one up)"
+        log(f"agent: skipped: {reason}")
+        return {"skipped": reason}
+    unset = [name for name in AGENT_ENV if not run_env.get(name)]
+    if unset:
+        raise RuntimeError(f"{RUN_ENV} has no value for {', '.join(unset)}: run make services")
+    agent_env = {name: run_env[name] for name in (*AGENT_ENV, *AGENT_OPTIONAL_ENV) if run_env.get(name)}
+    stream_runs = 2 if ctx.quick else 5
+    pairs = 3 if ctx.quick else 6
+    user = "bench-agent"
+    team = new_slug()
+    group = agent_env.get("ORCHESTRATOR_AGENT_GROUP") or agent_env["SSH_USER"]
+    home = Path(pwd.getpwnam(agent_env["SSH_USER"]).pw_dir)
+    team_runs = home / AGENT_RUNS / team
+
+    def settings_for(data_dir: Path, state_dir: Path) -> Settings:
+        return Settings(
+            ssh_user=agent_env["SSH_USER"],
+            ssh_host=agent_env["SSH_HOST"],
+            ssh_port=int(agent_env.get("ORCHESTRATOR_SSH_PORT", "22")),
+            ssh_claude_path=agent_env["SSH_CLAUDE_PATH"],
+            ssh_key_file=Path(agent_env["ORCHESTRATOR_SSH_KEY_FILE"]),
+            ssh_known_hosts=Path(agent_env["ORCHESTRATOR_SSH_KNOWN_HOSTS"]),
+            agent_group=agent_env.get("ORCHESTRATOR_AGENT_GROUP"),
+            agent_data_dir=None,
+            domain=ctx.base_env["DOMAIN"],
+            portal_api_url=ctx.base_env["PORTAL_API_URL"],
+            data_dir=data_dir,
+            state_dir=state_dir,
+        )
+
+    worker = WorkerProcess(ctx, "agent", concurrency=1, playbook_dir=None)
+    worker.env.update(agent_env)
+    bare_dir = ctx.tmp / "agent-bare"
+    bare_log = bare_dir / "ansible-playbook.log"
+    bare_settings = settings_for(bare_dir / "data", bare_dir / "state")
+    # The environment a worker's run gets: the worker's own (no secrets: it scrubs them) + Settings.playbook_env().
+    bare_env = {
+        **{name: v for name, v in ctx.base_env.items() if name not in SECRET_ENV},
+        **agent_env,
+        **bare_settings.playbook_env(),
+    }
+    clones: list[Path] = []
+    acl_added: list[Path] = []
+    sessions: set[str] = set()
+
+    def through_worker(prompt: str, timeout: float) -> dict[str, Any]:
+        assert sub is not None
+        t0 = time.perf_counter()
+        t0_wall = time.time()
+        payload = {
+            "team_slug": team,
+            "workspace_slug": AGENT_WORKSPACE,
+            "sandbox_slug": AGENT_SANDBOX,
+            "prompt": prompt,
+        }
+        task_id = client.submit(ctx.r, "agent.run", payload, user_id=user)
+        t_started, _ = sub.wait_type(task_id, {k.MSG_STARTED}, 120)
+        t_final, final = sub.wait_type(task_id, FINAL_TYPES, timeout)
+        messages = sub.received(task_id)
+        sub.forget(task_id)
+        meta = final.get("metadata") or {}
+        if final.get("type") != k.MSG_COMPLETED:
+            raise RuntimeError(f"agent.run through the worker ended {final.get('type')}: {final.get('error')}")
+        if meta.get("session_id"):
+            sessions.add(str(meta["session_id"]))
+        run_dir = home / str(
+            meta.get("run_dir") or AGENT_RUNS / team / AGENT_WORKSPACE / AGENT_SANDBOX / f"{task_id}-1"
+        )
+        first_line, cli_exit = cli_span(run_dir)
+        final_wall = max(wall for wall, data in messages if data.get("type") in FINAL_TYPES)
+        return {
+            "wall": t_final - t0,
+            "dispatch": t_started - t0,
+            "run": t_final - t_started,
+            "cli": float(meta.get("duration_ms") or "nan") / 1000,
+            "before_cli": first_line - t0_wall,
+            "after_cli": final_wall - cli_exit,
+            "lines": int(float(meta.get("lines") or 0)),
+            "run_dir": run_dir,
+            "messages": messages,
+        }
+
+    def by_hand(prompt: str) -> dict[str, float]:
+        """One bare ansible-playbook run, with the vars Worker._extravars and _run_agent give the task's run."""
+        task_id = str(uuid.uuid4())
+        run_id = f"{task_id}-1"
+        payload = AgentRunPayload.model_validate(
+            {"team_slug": team, "workspace_slug": AGENT_WORKSPACE, "sandbox_slug": AGENT_SANDBOX, "prompt": prompt}
+        )
+        extravars = {
+            **payload.model_dump(exclude_none=True),
+            "orchestrator_task_id": task_id,
+            "orchestrator_task_type": "agent.run",
+            "orchestrator_resource_id": str(uuid.uuid4()),
+            "orchestrator_user_id": user,
+            **bare_settings.service_vars(),
+            "agent_run_id": run_id,
+        }
+        vars_file = bare_dir / f"vars-{task_id}.yml"
+        write_private(vars_file, unsafe_vars_yaml(extravars))  # how the worker writes them, 0600
+        try:
+            with bare_log.open("ab") as out:
+                t0 = time.perf_counter()
+                t0_wall = time.time()
+                proc = subprocess.Popen(
+                    [
+                        str(BIN / "ansible-playbook"),
+                        "-i",
+                        "inventory",
+                        "playbooks/agent.run.yml",
+                        "-e",
+                        f"@{vars_file}",
+                    ],
+                    cwd=ROOT,
+                    env=bare_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+                _pid, wait_status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - t0
+                end_wall = time.time()
+        finally:
+            vars_file.unlink(missing_ok=True)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0:
+            tail = " | ".join(bare_log.read_text(errors="replace").strip().splitlines()[-6:])
+            raise RuntimeError(f"bare agent.run exited {code}: {tail}")
+        run_dir = team_runs / AGENT_WORKSPACE / AGENT_SANDBOX / run_id
+        first_line, cli_exit = cli_span(run_dir)
+        outcome = json.loads((run_dir / "exit.json").read_text())
+        result = outcome.get("result") or {}
+        if result.get("session_id"):
+            sessions.add(str(result["session_id"]))
+        return {
+            "wall": wall,
+            "cli": float(result.get("duration_ms") or "nan") / 1000,
+            "before_cli": first_line - t0_wall,
+            "after_cli": end_wall - cli_exit,
+            "cpu": usage.ru_utime + usage.ru_stime,
+        }
+
+    def cli_span(run_dir: Path) -> tuple[float, float]:
+        """When (wall clock) the supervisor wrote the CLI's first line down, and when it had written its summary
+        (exit.json: the CLI and every process of the run gone)."""
+        with (run_dir / "stream.times").open() as times:
+            first_line = float(times.readline())
+        return first_line, (run_dir / "exit.json").stat().st_mtime
+
+    def stream_latency(run: dict[str, Any]) -> tuple[list[float], list[int]]:
+        """Per line of the run's stream: its first progress message's receipt (the subscriber's wall clock) minus the
+        time the supervisor wrote it down (stream.times, same order as stream.jsonl). And the lines with no message."""
+        stamps = [float(v) for v in (run["run_dir"] / "stream.times").read_text().split()]
+        first: dict[int, float] = {}
+        for wall, data in run["messages"]:
+            agent = data.get("agent")
+            if data.get("type") == k.MSG_PROGRESS and isinstance(agent, dict) and isinstance(agent.get("line"), int):
+                first.setdefault(agent["line"], wall)
+        latencies = [first[n] - stamp for n, stamp in enumerate(stamps, start=1) if n in first]
+        missing = [n for n in range(1, len(stamps) + 1) if n not in first]
+        return latencies, missing
+
+    sub: Subscriber | None = None
+    try:
+        for data_dir in (worker.data_dir, bare_settings.data_dir):
+            clones.append(agent_clone(data_dir, team))
+            acl_added += let_group_through(data_dir, group, ctx.tmp)
+        bare_settings.state_dir.mkdir(parents=True, exist_ok=True)
+        ssh_settings = settings_for(worker.data_dir, worker.state_dir)
+        log(f"agent: SSH connections to {ssh_settings.ssh_host} ({SSH_SAMPLES} each: asyncssh, OpenSSH)")
+        asyncssh_s = asyncio.run(asyncssh_costs(ssh_settings, SSH_SAMPLES))
+        openssh_s = openssh_costs(ctx, ssh_settings, SSH_SAMPLES)
+
+        worker.start()
+        sub = Subscriber(ctx.redis.url, user)
+        log("agent: warm-up (one plain run through the worker, one by hand)")
+        warm_orch = through_worker(AGENT_PLAIN_PROMPT, 300)
+        warm_bare = by_hand(AGENT_PLAIN_PROMPT)
+
+        latencies: list[float] = []
+        first_line: list[float] = []
+        missing_lines = 0
+        stream_walls: list[float] = []
+        lines_per_run: list[int] = []
+        per_run_p99: list[float] = []
+        for i in range(stream_runs):
+            run = through_worker(AGENT_TICKS_PROMPT, 900)
+            found, missing = stream_latency(run)
+            latencies += found
+            missing_lines += len(missing)
+            if found:
+                first_line.append(found[0])
+            stream_walls.append(run["run"])
+            lines_per_run.append(len(found) + len(missing))
+            per_run_p99.append(round(percentile(found, 99) * 1000, 1))
+            log(
+                f"agent: stream run {i + 1}/{stream_runs}: {len(found) + len(missing)} lines in {run['run']:.1f}s, "
+                f"line -> Redis p50 {percentile(found, 50) * 1000:.0f} / p99 {percentile(found, 99) * 1000:.0f} / "
+                f"max {max(found, default=float('nan')) * 1000:.0f} ms, {len(missing)} lines without a message"
+            )
+
+        orch_runs: list[dict[str, Any]] = []
+        bare_runs: list[dict[str, float]] = []
+        for i in range(pairs):
+            o, b = interleaved_pair(
+                i, lambda: through_worker(AGENT_PLAIN_PROMPT, 300), lambda: by_hand(AGENT_PLAIN_PROMPT)
+            )
+            orch_runs.append(o)
+            bare_runs.append(b)
+            log(
+                f"agent: pair {i + 1}/{pairs}: orchestrator {o['wall']:.2f}s (CLI {o['cli']:.2f}s), "
+                f"bare {b['wall']:.2f}s (CLI {b['cli']:.2f}s)"
+            )
+        memory_after = worker.memory()
+    finally:
+        if sub is not None:
+            sub.close()
+        worker.stop()
+        end_session_ssh()
+        shutil.rmtree(team_runs, ignore_errors=True)
+        # The CLI's own files in the agent user's home: a folder of session files per working directory (named
+        # after its path, every other character a '-'), and one per session in session-env for some runs.
+        claude_dir = home / ".claude"
+        left = [claude_dir / "projects" / re.sub(r"[^A-Za-z0-9]", "-", str(repo)) for repo in clones]
+        left += [claude_dir / "session-env" / s for s in sessions if re.fullmatch(r"[0-9a-f-]{36}", s)]
+        removed = [folder.name for folder in left if folder.is_dir()]
+        for folder in left:
+            shutil.rmtree(folder, ignore_errors=True)
+        for repo in clones:
+            shutil.rmtree(repo.parents[4], ignore_errors=True)  # teams/<team>
+        take_back_entries(acl_added, group)
+        log(
+            f"agent: removed {team_runs} and {len(removed)} folders of the CLI in {claude_dir}"
+            + (f"; took back the ACL entries of {', '.join(map(str, acl_added))}" if acl_added else "")
+        )
+
+    def med(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
+
+    stream = summary_ms(latencies)
+    ratios = [o["wall"] / b["wall"] for o, b in zip(orch_runs, bare_runs, strict=True)]
+    ssh = {
+        "samples": SSH_SAMPLES,
+        "asyncssh_fresh": summary_ms(asyncssh_s["fresh"]),
+        "asyncssh_reused": summary_ms(asyncssh_s["reused"]),
+        "openssh_fresh": summary_ms(openssh_s["fresh"]),
+        "openssh_controlmaster": summary_ms(openssh_s["controlmaster"]),
+    }
+    plain = {
+        "pairs": pairs,
+        "prompt": AGENT_PLAIN_PROMPT,
+        "warmup_s": {"orchestrator": round(warm_orch["wall"], 3), "bare": round(warm_bare["wall"], 3)},
+        "orchestrator_wall_median_s": med([r["wall"] for r in orch_runs]),
+        "orchestrator_dispatch_median_s": med([r["dispatch"] for r in orch_runs]),
+        "orchestrator_run_median_s": med([r["run"] for r in orch_runs]),
+        "orchestrator_cli_median_s": med([r["cli"] for r in orch_runs]),
+        "orchestrator_overhead_median_s": med([r["run"] - r["cli"] for r in orch_runs]),
+        "bare_wall_median_s": med([r["wall"] for r in bare_runs]),
+        "bare_cli_median_s": med([r["cli"] for r in bare_runs]),
+        "bare_overhead_median_s": med([r["wall"] - r["cli"] for r in bare_runs]),
+        "bare_cpu_median_s": med([r["cpu"] for r in bare_runs]),
+        # Where the time goes: start (LPUSH, or ansible-playbook's start) -> the CLI's first stream line written
+        # down on the agent host, and the supervisor's exit.json -> the end (task.completed received, or
+        # ansible-playbook gone). Both by the wall clock.
+        "orchestrator_before_cli_median_s": med([r["before_cli"] for r in orch_runs]),
+        "orchestrator_after_cli_median_s": med([r["after_cli"] for r in orch_runs]),
+        "bare_before_cli_median_s": med([r["before_cli"] for r in bare_runs]),
+        "bare_after_cli_median_s": med([r["after_cli"] for r in bare_runs]),
+        "ratio_median": med(ratios),
+        "ratio_min": round(min(ratios), 4),
+        "ratio_max": round(max(ratios), 4),
+        "ratios": [round(r, 4) for r in ratios],
+        "orchestrator_wall_s": [round(r["wall"], 3) for r in orch_runs],
+        "bare_wall_s": [round(r["wall"], 3) for r in bare_runs],
+    }
+    return {
+        "team": team,
+        "stream_runs": stream_runs,
+        "stream_prompt": AGENT_TICKS_PROMPT,
+        "stream_latency": {
+            **stream,
+            "lines": len(latencies),
+            "lines_without_message": missing_lines,
+            "lines_per_run": lines_per_run,
+            "run_s": [round(s, 2) for s in stream_walls],
+            "per_run_p99_ms": per_run_p99,
+            "first_line_ms": [round(s * 1000, 1) for s in first_line],
+        },
+        "ssh": ssh,
+        "plain": plain,
+        "worker_memory_after_mb": memory_after,
+        "targets": [
+            Target("agent: stream line -> Redis p99", stream["p99_ms"], "<=", 1000, "ms"),
+            Target("agent: orchestrator/bare wall ratio, plain prompt (median of pairs)", med(ratios), "<=", 1.10, "x"),
+        ],
+    }
+
+
+def agent_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    s = res["stream_latency"]
+    ssh = res["ssh"]
+    p = res["plain"]
+    return [
+        (
+            "agent: stream line -> Redis",
+            f"p50 {s['p50_ms']:.0f} / p99 {s['p99_ms']:.0f} / max {s['max_ms']:.0f} ms "
+            f"(n={s['lines']} lines of {res['stream_runs']} runs, {s['lines_without_message']} without a message; "
+            f"first line {', '.join(f'{v:.0f}' for v in s['first_line_ms'])} ms)",
+            "",
+            "",
+        ),
+        (
+            "agent: SSH connect + true (median)",
+            f"asyncssh fresh {ssh['asyncssh_fresh']['p50_ms']:.1f} ms / reused "
+            f"{ssh['asyncssh_reused']['p50_ms']:.1f} ms; "
+            f"OpenSSH fresh {ssh['openssh_fresh']['p50_ms']:.1f} ms / ControlMaster "
+            f"{ssh['openssh_controlmaster']['p50_ms']:.1f} ms (n={ssh['samples']} each)",
+            "",
+            "",
+        ),
+        (
+            "agent: plain prompt through the worker (median)",
+            f"LPUSH->completed {p['orchestrator_wall_median_s']:.2f} s (started->completed "
+            f"{p['orchestrator_run_median_s']:.2f} s), CLI duration_ms {p['orchestrator_cli_median_s']:.2f} s: "
+            f"overhead {p['orchestrator_overhead_median_s']:.2f} s",
+            "",
+            "",
+        ),
+        (
+            "agent: plain prompt by hand (median)",
+            f"ansible-playbook {p['bare_wall_median_s']:.2f} s, CLI duration_ms {p['bare_cli_median_s']:.2f} s: "
+            f"overhead {p['bare_overhead_median_s']:.2f} s",
+            "",
+            "",
+        ),
+        (
+            "agent: plain prompt split (median, orch vs bare)",
+            f"start -> first CLI line {p['orchestrator_before_cli_median_s']:.2f} s vs "
+            f"{p['bare_before_cli_median_s']:.2f} s; supervisor exit -> end "
+            f"{p['orchestrator_after_cli_median_s']:.2f} s vs {p['bare_after_cli_median_s']:.2f} s",
+            "",
+            "",
+        ),
+        (
+            "agent: ratio min / max",
+            f"{p['ratio_min']:.3f} / {p['ratio_max']:.3f} (n={p['pairs']})",
+            "",
+            "",
+        ),
+    ]
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -1492,6 +2048,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "memory": bench_memory,
     "compose": bench_compose,
     "workspace": bench_workspace,
+    "agent": bench_agent,
 }
 
 
@@ -1518,6 +2075,9 @@ def row_lines(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
     for name, res in results.items():
         if "error" in res:
             rows.append((name, f"ERROR: {res['error']}", "", "FAIL"))
+            continue
+        if "skipped" in res:
+            rows.append((name, f"SKIPPED: {res['skipped']}", "", "SKIP"))
             continue
         if name == "overhead":
             rows.append(("overhead: orchestrator wall (median)", f"{res['orchestrator_wall_median_s']:.3f} s", "", ""))
@@ -1599,6 +2159,8 @@ def row_lines(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
             )
         elif name == "workspace":
             rows.extend(workspace_rows(res))
+        elif name == "agent":
+            rows.extend(agent_rows(res))
         elif name == "memory":
             rows.append(("memory: idle VmHWM", f"{res['idle_vmhwm_mb']} MB (start-up {res['startup_s']} s)", "", ""))
         for t in res.get("targets", []):

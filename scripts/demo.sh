@@ -57,6 +57,13 @@ for app in json.load(opener.open(request))["value"]:
         print("   ", uri)
 PY
 
+say "agent.run in sandbox s1: the real Claude Code CLI on the agent host, every line of its stream live"
+agent=$(orchestrator submit agent.run --payload '{"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s1",
+  "prompt": "Leave notes for the team in the sandbox. [[script:write]]", "tool_profile": "developer"}' \
+  --resource agent-acme-web-s1 --user demo)
+orchestrator watch "$agent" || true
+echo "AGENT_NOTES.md in the sandbox's clone: $(cat "$ORCHESTRATOR_DATA_DIR/teams/acme/workspaces/web/sandboxes/s1/repo/AGENT_NOTES.md" 2>/dev/null)"
+
 say "sandbox.delete s2 (its redirect URI goes, s1's stays)"
 d2=$(orchestrator submit sandbox.delete --payload '{"team_slug": "acme", "workspace_slug": "web", "sandbox_slug": "s2"}' \
   --resource sb-acme-web-s2 --user demo)

@@ -17,7 +17,8 @@ import pytest
 import redis as redis_lib
 
 from orchestrator import client
-from tests.conftest import Env, Subscriber, envelope, push, services_env, task_hash, wait_final, wait_for
+from tests.conftest import BIN, ROOT, Env, Subscriber, envelope, push, services_env, task_hash, wait_final, wait_for
+from tests.contract.conftest import GitHub, Graph
 
 pytestmark = pytest.mark.integration
 
@@ -85,11 +86,13 @@ def agent_env(env: Env) -> Iterator[Env]:
     services = services_env()
     env.extra.update({name: services[name] for name in SSH_ENV})
     folder = env.data_dir
-    ancestors = []
+    closed = []  # pytest's own folders are 0700; nothing is added where others may pass already
     while folder != folder.parent:
-        ancestors.append(folder)
+        if not folder.stat().st_mode & 0o001:
+            closed.append(folder)
         folder = folder.parent
-    subprocess.run(["setfacl", "-m", "g:agent:x", *map(str, ancestors)], check=True)
+    if closed:
+        subprocess.run(["setfacl", "-m", "g:agent:x", *map(str, closed)], check=True)
     standin_reset()
     yield env
     wait_for(lambda: not agent_processes(), timeout=30, what="no agent process left")
@@ -139,6 +142,30 @@ def test_developer_run_edits_the_clone_and_streams_every_line(agent_env: Env, re
         # The messages came before the final status.
         types = [m["type"] for m in sub.on("tasks:u1") if m.get("task_id") == "a-dev"]
         assert types[0] == "task.started" and types[-1] == "task.completed"
+    # The stream as the CLI wrote it on the agent host follows the contract notes (claude-stream-json.md, 2.1-2.4).
+    stream = Path("/home/agent/.orchestrator/agent-runs/acme/web/s1/a-dev-1/stream.jsonl").read_text().splitlines()
+    parsed = [json.loads(line) for line in stream]
+    assert len(parsed) == max(numbers)
+    init, result = parsed[0], parsed[-1]
+    assert (init["type"], init["subtype"], init["cwd"], init["permissionMode"]) == (
+        "system",
+        "init",
+        str(repo),
+        "acceptEdits",
+    )
+    assert {"Write", "Edit", "Bash"} <= set(init["tools"]) and "WebFetch" not in init["tools"]
+    assert {line["session_id"] for line in parsed} == {init["session_id"]} == {meta["session_id"]}
+    assert (result["type"], result["subtype"], result["is_error"], result["num_turns"]) == (
+        "result",
+        "success",
+        False,
+        3,
+    )
+    assert {"duration_ms", "duration_api_ms", "total_cost_usd", "usage", "permission_denials"} <= set(result)
+    for line in parsed[1:-1]:
+        assert line["type"] in {"assistant", "user", "system"}, line
+        if line["type"] in {"assistant", "user"}:
+            assert isinstance(line["message"]["content"], list)
     # What the CLI sent: the tools of the developer profile, none of the removed ones.
     offered = {tool for request in standin_requests() for tool in request["tools"]}
     assert {"Write", "Edit", "Bash"} <= offered and not {"WebFetch", "WebSearch"} & offered
@@ -309,3 +336,49 @@ def test_a_lost_workers_run_is_superseded_by_the_next_attempt(agent_env: Env, re
     assert wait_final(redis, "a-lost", timeout=60)["status"] == "cancelled"
     wait_for(lambda: not agent_processes(), timeout=15, what="no agent process left")
     assert second.stop() == 0
+
+
+def test_by_hand_with_ansible_playbook_and_in_check_mode(agent_env: Env, tmp_path: Path) -> None:
+    """What an operator does: `orchestrator vars`, then the playbook with the prompt in a file."""
+    repo = make_clone(agent_env)
+    variables = tmp_path / "vars.yml"
+    environ = agent_env.environ(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    subprocess.run([str(BIN / "orchestrator"), "vars", "--out", str(variables)], env=environ, cwd=ROOT, check=True)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(HOSTILE + "[[script:write]]")
+    runs = Path("/home/agent/.orchestrator/agent-runs/acme/web/s1")
+
+    def playbook(run_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(BIN / "ansible-playbook"), "playbooks/agent.run.yml", "-e", f"@{variables}"]
+        argv += ["-e", json.dumps({**SANDBOX, "prompt_file": str(prompt), "agent_run_id": run_id}), *extra]
+        return subprocess.run(argv, env=environ, cwd=ROOT, capture_output=True, text=True, check=False, timeout=240)
+
+    checked = playbook("hand-check", "--check")
+    assert checked.returncode == 0, checked.stdout[-4000:]
+    assert "would run Claude Code in " + str(repo) in checked.stdout
+    assert not (runs / "hand-check").exists() and not (repo / "AGENT_NOTES.md").exists()
+    assert standin_requests() == []
+
+    done = playbook("hand-1")
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert (repo / "AGENT_NOTES.md").read_text() == "written and edited by the agent\n"
+    assert {r["prompt"] for r in standin_requests()} == {HOSTILE + "[[script:write]]"}
+    assert json.loads((runs / "hand-1" / "exit.json").read_text())["rc"] == 0
+    assert (runs / "hand-1" / "prompt").read_bytes() == prompt.read_bytes()
+
+
+def test_deleting_the_sandbox_stops_its_runs_first(
+    agent_env: Env, redis: redis_lib.Redis, github: GitHub, graph: Graph
+) -> None:
+    repo = make_clone(agent_env)
+    worker = agent_env.start_worker("--concurrency", "2")
+    push(redis, agent_task("a-doomed", "[[script:slow]]"))
+    wait_for(lambda: any("sleep 600" in p for p in agent_processes()), timeout=60, what="the long job")
+    push(redis, envelope("a-delete", "sandbox.delete", SANDBOX, resource="sb-delete"))
+    deleted = wait_final(redis, "a-delete", timeout=120)
+    assert deleted["status"] == "completed", deleted
+    record = wait_final(redis, "a-doomed", timeout=60)
+    assert record["status"] == "failed" and "agent run stopped: stopped by sandbox.delete" in record["error"], record
+    assert not repo.exists()
+    wait_for(lambda: not agent_processes(), timeout=15, what="no agent process left")
+    assert worker.stop() == 0
