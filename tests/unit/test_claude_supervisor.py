@@ -507,3 +507,15 @@ def test_prune_removes_old_finished_sibling_runs(host: AgentHost) -> None:
 
     assert host.command("stop", "--run-dir", "runs/g/old-live") == {"stopped": 1}
     host.finish(live)
+
+
+def test_reset_stops_a_run_still_going_and_removes_its_folder(host: AgentHost) -> None:
+    """A run under an id used before starts afresh: the old run is stopped (its pid file would go with the folder,
+    and with it the only way to stop it) and nothing of its stream is left for a follower of the new one."""
+    proc = host.start("runs/r", host.cli("claude"), "old")
+    host.wait_mark("old", "started", proc)
+    assert host.command("reset", "--run-dir", "runs/r") == {"removed": True}
+    out, _ = proc.communicate(timeout=DEADLINE)
+    assert json.loads(out)["reason"] == "superseded by a new run with the same id"
+    assert not (host.home / "runs" / "r").exists()
+    assert host.command("reset", "--run-dir", "runs/r") == {"removed": False}
