@@ -109,6 +109,17 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     }
 
 
+def med(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def ratio_stats(ratios: list[float]) -> dict[str, Any]:
+    """The median, range and list of orchestrated/bare ratios of interleaved pairs."""
+    return {
+        **ratio_stats(ratios),
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1441,9 +1452,6 @@ def bench_workspace(ctx: Context) -> dict[str, Any]:
                 services.sweep(team)
         remove_bench_teams()
 
-    def med(values: list[float]) -> float:
-        return round(statistics.median(values), 4)
-
     result: dict[str, Any] = {
         "pairs": rounds,
         "playbooks": [f"playbooks/{name}.yml" for name in PROVISIONS],
@@ -1493,10 +1501,7 @@ def bench_workspace(ctx: Context) -> dict[str, Any]:
             "orchestrator_run_median_s": med([r["run"] for r in orch]),
             "orchestrator_cpu_median_s": med([r["cpu"] for r in orch]),
             "bare_cpu_median_s": med([r["cpu"] for r in by]),
-            "ratio_median": med(ratios),
-            "ratio_min": round(min(ratios), 4),
-            "ratio_max": round(max(ratios), 4),
-            "ratios": [round(r, 4) for r in ratios],
+            **ratio_stats(ratios),
             "ratio_median_undisturbed": med(clean) if clean else None,
             "cpu_ratio_median": med([o["cpu"] / b["cpu"] for o, b in zip(orch, by, strict=True) if b["cpu"] > 0]),
             "orchestrator_wall_s": [round(r["wall"], 3) for r in orch],
@@ -1922,9 +1927,6 @@ def bench_agent(ctx: Context) -> dict[str, Any]:
             + (f"; took back the ACL entries of {', '.join(map(str, acl_added))}" if acl_added else "")
         )
 
-    def med(values: list[float]) -> float:
-        return round(statistics.median(values), 4)
-
     stream = summary_ms(latencies)
     ratios = [o["wall"] / b["wall"] for o, b in zip(orch_runs, bare_runs, strict=True)]
     ssh = {
@@ -1954,10 +1956,7 @@ def bench_agent(ctx: Context) -> dict[str, Any]:
         "orchestrator_after_cli_median_s": med([r["after_cli"] for r in orch_runs]),
         "bare_before_cli_median_s": med([r["before_cli"] for r in bare_runs]),
         "bare_after_cli_median_s": med([r["after_cli"] for r in bare_runs]),
-        "ratio_median": med(ratios),
-        "ratio_min": round(min(ratios), 4),
-        "ratio_max": round(max(ratios), 4),
-        "ratios": [round(r, 4) for r in ratios],
+        **ratio_stats(ratios),
         "orchestrator_wall_s": [round(r["wall"], 3) for r in orch_runs],
         "bare_wall_s": [round(r["wall"], 3) for r in bare_runs],
     }

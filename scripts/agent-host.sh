@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 RUN=$ROOT/.run
 
 CLAUDE_CODE_VERSION=2.1.330
@@ -268,13 +270,6 @@ AllowTcpForwarding no
 PermitTunnel no
 Subsystem sftp internal-sftp
 CONF
-}
-
-# Alive and not a zombie: sshd detaches, and what reaps it here (PID 1) may take a second or two.
-alive() {
-  local state
-  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
-  [ -n "$state" ] && [ "$state" != Z ]
 }
 
 sshd_running() {

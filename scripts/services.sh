@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 RUN=$ROOT/.run
 REDIS_PORT=${ORCHESTRATOR_REDIS_PORT:-6390}
 GITHUB_PORT=${ORCHESTRATOR_GITHUB_PORT:-8770}
@@ -198,13 +200,6 @@ start() {
 }
 
 # Stop a process we started, by its PID file (never one we did not start).
-# Alive and not a zombie: what reaps our detached processes here (PID 1) may take a second or two.
-alive() {
-  local state
-  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
-  [ -n "$state" ] && [ "$state" != Z ]
-}
-
 stop_pidfile() {
   local pidfile=$1 name=$2 pid
   [ -f "$pidfile" ] || return 0

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -98,6 +98,23 @@ class GitHub:
             time.sleep(0.05)
 
 
+def wait_until_up(name: str, probe: Callable[[], object], process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Call probe until it stops raising URLError (the server answers); fail with the server's log if its process
+    ends first or 15 s pass. The process is stopped on failure."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            probe()
+            return
+        except urllib.error.URLError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait(10)
+                raise AssertionError(f"the local {name} did not start: {log_path.read_text()}") from None
+            time.sleep(0.05)
+
+
 def start_github(tmp: Path, *args: str) -> GitHub:
     """`python -m devservices.github` on a free loopback port, data under `tmp`; returns once it answers."""
     port = free_port()
@@ -112,16 +129,8 @@ def start_github(tmp: Path, *args: str) -> GitHub:
             cwd=ROOT,
         )
     server = GitHub(f"http://127.0.0.1:{port}", tmp / "data", log_path, process)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            server.call("GET", "/rate_limit")
-            return server
-        except urllib.error.URLError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise AssertionError(f"the local GitHub did not start: {log_path.read_text()}") from None
-            time.sleep(0.05)
+    wait_until_up("GitHub", lambda: server.call("GET", "/rate_limit"), process, log_path)
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -380,16 +389,8 @@ def start_graph(
         )
     server = Graph(f"http://127.0.0.1:{port}", data_dir, log_path, process)
     server.graph_contract, server.token_contract = graph_contract, token_contract
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            server.http("POST", "/_control/expire-tokens")
-            return server
-        except urllib.error.URLError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise AssertionError(f"the local Graph did not start: {log_path.read_text()}") from None
-            time.sleep(0.05)
+    wait_until_up("Graph", lambda: server.http("POST", "/_control/expire-tokens"), process, log_path)
+    return server
 
 
 @pytest.fixture(scope="session")

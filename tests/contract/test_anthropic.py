@@ -23,6 +23,7 @@ import pytest
 
 from devservices.anthropic import scripts
 from tests.conftest import ROOT, free_port
+from tests.contract.conftest import Reply, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +38,6 @@ REMINDERS = [
     "<system-reminder>\nAttribution for git commits ...\n</system-reminder>\n",
 ]
 TOOLS = ["Agent", "Bash", "Edit", "Glob", "Grep", "Read", "Write"]
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    data: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.data)
 
 
 @dataclass
@@ -67,9 +58,9 @@ class Anthropic:
         request.add_header("anthropic-version", "2023-06-01")
         try:
             with OPENER.open(request, timeout=10) as response:
-                return Reply(response.status, dict(response.headers), response.read())
+                return Reply(method, path, response.status, dict(response.headers), response.read())
         except urllib.error.HTTPError as exc:
-            return Reply(exc.code, dict(exc.headers), exc.read())
+            return Reply(method, path, exc.code, dict(exc.headers), exc.read())
 
     def messages(self, body: dict[str, Any], **kwargs: Any) -> Reply:
         return self.call("POST", "/v1/messages?beta=true", body, **kwargs)
@@ -103,16 +94,8 @@ def start_anthropic(tmp: Path) -> Anthropic:
             [sys.executable, "-m", "devservices.anthropic", *argv], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
     server = Anthropic(f"http://127.0.0.1:{port}", log_path, process)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            server.call("GET", "/", key=None)
-            return server
-        except urllib.error.URLError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise AssertionError(f"the local Anthropic API did not start: {log_path.read_text()}") from None
-            time.sleep(0.05)
+    wait_until_up("Anthropic API", lambda: server.call("GET", "/", key=None), process, log_path)
+    return server
 
 
 @pytest.fixture(scope="module")
