@@ -382,3 +382,47 @@ def test_deleting_the_sandbox_stops_its_runs_first(
     assert not repo.exists()
     wait_for(lambda: not agent_processes(), timeout=15, what="no agent process left")
     assert worker.stop() == 0
+
+
+def test_the_seeds_claude_code_runner_api(agent_env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ClaudeCodeRunner.run(prompt, working_dir, agent_type, tool_profile, allowed_tools, timeout) -> AgentResult,
+    streaming each line to a callback as it comes, from Python (no queue)."""
+    import asyncio
+
+    from orchestrator.agents import ClaudeCodeRunner
+    from orchestrator.config import Settings
+    from orchestrator.runner import PlaybookRunner
+
+    repo = make_clone(agent_env)
+    # A working directory given as such is the caller's to make reachable (the slugs' path opens the team's folders).
+    for folder in (agent_env.data_dir / "teams", agent_env.data_dir / "teams" / "acme"):
+        folder.chmod(0o755)
+    for name, value in agent_env.environ().items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    runner = ClaudeCodeRunner(
+        settings,
+        PlaybookRunner(project_dir=ROOT, runs_dir=tmp_path / "runs", env=settings.playbook_env(), kill_grace=2),
+    )
+    seen: list[tuple[int, str]] = []
+    result = asyncio.run(
+        runner.run(
+            "Write the notes. [[script:write]]",
+            str(repo),
+            agent_type="reviewer",
+            allowed_tools=["Read", "Write", "Edit"],
+            timeout=120,
+            on_line=lambda number, line, _at: seen.append((number, str(line.get("type")))),
+        )
+    )
+    assert result.success and result.status == "completed", result
+    assert result.num_turns == 3 and result.cost_usd and result.session_id
+    assert result.result == "Done: wrote and edited AGENT_NOTES.md."
+    assert [n for n, _ in seen] == list(range(1, result.lines + 1)) and seen[-1][1] == "result"
+    assert result.metadata["tool_profile"] == "custom"
+    assert (repo / "AGENT_NOTES.md").read_text() == "written and edited by the agent\n"
+    # The explicit rules replaced the reviewer's readonly profile: the write tools were there and pre-approved.
+    offered = {tool for request in standin_requests() for tool in request["tools"]}
+    assert {"Write", "Edit"} <= offered
+    failed = asyncio.run(runner.run("[[script:error]]", str(repo), tool_profile="readonly"))
+    assert not failed.success and failed.status == "failed" and "scripted failure" in str(failed.error)
