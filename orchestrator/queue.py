@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -37,7 +38,8 @@ TAKE_SCRIPT = """
 -- end of its resource's line, so tasks of one resource run in the order they were taken, whichever
 -- worker takes them. Returns nil, or {entry ('h|' or 'n|' + body), line key or '', 1 if this take joined
 -- the line}. The line key is `<prefix><resource type>:<resource id>`, the resource type being the task
--- type up to its first dot; orchestrator.queue.line_of computes the same in Python.
+-- type up to its first dot (agent runs: `<prefix>agent:<team>/<workspace>/<sandbox or _workspace>`);
+-- orchestrator.queue.line_of computes the same in Python.
 local body = redis.call('RPOP', KEYS[1])
 local prefix = 'h|'
 if not body then
@@ -54,8 +56,17 @@ local ok, task = pcall(cjson.decode, body)
 if ok and type(task) == 'table' and type(task['type']) == 'string' and type(task['resource_id']) == 'string' then
   local id = task['id'] or task['task_id']
   local kind = string.match(task['type'], '^([^.]+)%.')
+  local payload = task['payload']
   if type(id) == 'string' and kind then
     line = ARGV[1] .. kind .. ':' .. task['resource_id']
+    -- Agent runs line up by the clone they work in, whatever resource id the Portal gave them: one agent at a
+    -- time in a working clone.
+    if kind == 'agent' and type(payload) == 'table' and type(payload['team_slug']) == 'string'
+        and type(payload['workspace_slug']) == 'string' then
+      local sandbox = payload['sandbox_slug']
+      if type(sandbox) ~= 'string' then sandbox = '_workspace' end
+      line = ARGV[1] .. 'agent:' .. payload['team_slug'] .. '/' .. payload['workspace_slug'] .. '/' .. sandbox
+    end
     if not redis.call('LPOS', line, id) then
       redis.call('RPUSH', line, id)
       joined = 1
@@ -272,9 +283,14 @@ class TaskQueue:
             return False
 
 
-def line_of(task_type: str, resource_id: str) -> str:
+def line_of(task_type: str, resource_id: str, payload: dict[str, Any] | None = None) -> str:
     """The line key of a task: what TAKE_SCRIPT computes, for bodies it could not read."""
-    return k.line_key(f"{task_type.split('.', 1)[0]}:{resource_id}")
+    kind = task_type.split(".", 1)[0]
+    if kind == "agent" and payload is not None:
+        team, workspace, sandbox = (payload.get(f) for f in ("team_slug", "workspace_slug", "sandbox_slug"))
+        if isinstance(team, str) and isinstance(workspace, str):
+            return k.line_key(f"agent:{team}/{workspace}/{sandbox if isinstance(sandbox, str) else '_workspace'}")
+    return k.line_key(f"{kind}:{resource_id}")
 
 
 def queue_notification_channels(db: int) -> list[str]:

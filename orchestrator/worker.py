@@ -246,8 +246,9 @@ class Worker:
             task = parse_task(held.body, max_bytes=self.settings.max_body_bytes)
         except TaskRejected:
             return await self.queue.drop(held, deadletter=dumps({"error": f"internal error: {exc!r}"}))
+        env = task.envelope
         running = self._running.pop(task.id, None) or Running(
-            task=task, route=route_for(task), held=held, line=line_of(task.type.value, task.envelope.resource_id)
+            task=task, route=route_for(task), held=held, line=line_of(env.type.value, env.resource_id, env.payload)
         )
         running.token.set("internal error")
         recoveries = int(await self.redis.hincrby(k.task_key(task.id), "recoveries", 1))
@@ -268,7 +269,7 @@ class Worker:
             await self._reject(held, rejection)
             return
         route = route_for(task)
-        line = line_of(task.type.value, task.envelope.resource_id)
+        line = line_of(task.type.value, task.envelope.resource_id, task.envelope.payload)
         running = Running(task=task, route=route, held=held, line=line)
         if recovered:
             await self._recover(running)

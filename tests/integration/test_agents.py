@@ -426,3 +426,14 @@ def test_the_seeds_claude_code_runner_api(agent_env: Env, tmp_path: Path, monkey
     assert {"Write", "Edit"} <= offered
     failed = asyncio.run(runner.run("[[script:error]]", str(repo), tool_profile="readonly"))
     assert not failed.success and failed.status == "failed" and "scripted failure" in str(failed.error)
+
+
+def test_two_runs_in_one_clone_take_turns(agent_env: Env, redis: redis_lib.Redis) -> None:
+    """Different resource ids (two cards, say), the same sandbox: one agent at a time in its clone, in order."""
+    make_clone(agent_env)
+    push(redis, envelope("t-first", "agent.run", {**SANDBOX, "prompt": "[[script:write]]"}, resource="card-1"))
+    push(redis, envelope("t-second", "agent.run", {**SANDBOX, "prompt": "[[script:write]]"}, resource="card-2"))
+    agent_env.run_burst("--concurrency", "2")
+    first, second = task_hash(redis, "t-first"), task_hash(redis, "t-second")
+    assert first["status"] == second["status"] == "completed", (first, second)
+    assert second["started_at"] >= first["finished_at"], (first, second)

@@ -54,6 +54,35 @@ def test_take_order_and_lines(redis: redis_lib.Redis, redis_server: RedisServer)
     assert redis.llen(k.processing_key("w1")) == 4
 
 
+def test_agent_runs_line_up_by_their_clone(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Two agent runs in one sandbox wait for each other whatever resource ids they came with; the take script and
+    line_of agree."""
+    sandbox = {"team_slug": "a", "workspace_slug": "w", "sandbox_slug": "s", "prompt": "p"}
+    push(redis, envelope("g1", "agent.run", sandbox, resource="card-1"))
+    push(redis, envelope("g2", "agent.run", sandbox, resource="card-2"))
+    workspace = {"team_slug": "a", "workspace_slug": "w", "prompt": "p"}
+    push(redis, envelope("g3", "agent.run", workspace, resource="card-3"))
+    push(redis, envelope("g4", "agent.run", {"prompt": "no slugs"}, resource="card-4"))
+
+    async def scenario(client: Redis) -> list[tuple[str, str]]:
+        queue = TaskQueue(client, worker_id="w1", lease_ttl=10)
+        taken = []
+        while (held := await queue.take()) is not None:
+            taken.append((json.loads(held.body)["id"], held.line))
+        return taken
+
+    taken = run(scenario, redis_server)
+    assert taken == [
+        ("g1", "orchestrator:line:agent:a/w/s"),
+        ("g2", "orchestrator:line:agent:a/w/s"),
+        ("g3", "orchestrator:line:agent:a/w/_workspace"),
+        ("g4", "orchestrator:line:agent:card-4"),
+    ]
+    assert taken[0][1] == line_of("agent.run", "card-1", sandbox)
+    assert taken[2][1] == line_of("agent.run", "card-3", workspace)
+    assert taken[3][1] == line_of("agent.run", "card-4", {"prompt": "no slugs"})
+
+
 def test_claim_once_and_requeue_keeps_line_place(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
     push(redis, envelope("t1", "team.provision", {"team_slug": "a"}, resource="r1"))
     push(redis, envelope("t2", "team.delete", {"team_slug": "a"}, resource="r1"))

@@ -46,3 +46,9 @@ def test_status_words() -> None:
 def test_line_keys_group_by_resource() -> None:
     assert line_of("team.provision", "r1") == line_of("team.delete", "r1") == "orchestrator:line:team:r1"
     assert line_of("sandbox.agent.restart", "r1") == "orchestrator:line:sandbox:r1"
+    # Agent runs line up by their clone (one agent at a time in it), whatever their resource id.
+    run = {"team_slug": "a", "workspace_slug": "w", "sandbox_slug": "s"}
+    assert line_of("agent.run", "card-1", run) == line_of("agent.run", "card-2", run) == "orchestrator:line:agent:a/w/s"
+    assert (
+        line_of("agent.run", "c", {"team_slug": "a", "workspace_slug": "w"}) == "orchestrator:line:agent:a/w/_workspace"
+    )
