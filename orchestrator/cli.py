@@ -75,6 +75,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         return _exit_code(final.get("status") if final else None)
 
     from rich.console import Console  # noqa: PLC0415
+    from rich.markup import escape  # noqa: PLC0415
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
     console = Console(stderr=False)
@@ -91,6 +92,10 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
             kind = message.get("type")
             if kind == k.MSG_STARTED:
                 bar.update(row, state="running", description=f"started (attempt {message.get('attempt')})")
+            elif kind == k.MSG_PROGRESS and isinstance(message.get("agent"), dict):
+                # An agent run's stream: each line stays on screen above the bar, as a log would show it.
+                bar.console.print(f"[dim]agent[/dim] {escape(str(message.get('message')))}", highlight=False)
+                bar.update(row, description=f"agent: {message['agent'].get('type', '?')}")
             elif kind == k.MSG_PROGRESS:
                 bar.update(
                     row,

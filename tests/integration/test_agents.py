@@ -166,6 +166,17 @@ def test_developer_run_edits_the_clone_and_streams_every_line(agent_env: Env, re
         assert line["type"] in {"assistant", "user", "system"}, line
         if line["type"] in {"assistant", "user"}:
             assert isinstance(line["message"]["content"], list)
+    # `orchestrator watch` shows each line of the agent's stream (a replay here: the task is over).
+    watched = subprocess.run(
+        [str(BIN / "orchestrator"), "watch", "a-dev"],
+        env=agent_env.environ(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "agent tool Write: " in watched.stdout and "agent result: success" in watched.stdout
     # What the CLI sent: the tools of the developer profile, none of the removed ones.
     offered = {tool for request in standin_requests() for tool in request["tools"]}
     assert {"Write", "Edit", "Bash"} <= offered and not {"WebFetch", "WebSearch"} & offered
